@@ -1,0 +1,58 @@
+# Two commands set everything up on a machine with only python3, make and git:
+#   make run    virtual environment + pinned dependencies, then the pipeline (dvc repro)
+#   make test   the same set-up, then the whole test suite
+# The environment is rebuilt only when requirements.lock or pyproject.toml change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# GPU=1 adds the CUDA wheels (tensorflow[and-cuda]) for machines with an NVIDIA GPU.
+GPU    ?=
+# No network calls home from DVC; quiet TensorFlow start-up logs.
+export DVC_NO_ANALYTICS := 1
+# Stage commands in dvc.yaml call `python`: make it the environment's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test data dag lock clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]' \
+		|| { echo "error: set PYTHON=/path/to/python3.11 (make run PYTHON=python3.11)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(if $(GPU),$(BIN)/python -m pip install --quiet "tensorflow[and-cuda]==$$(sed -n 's/^tensorflow==//p' requirements.lock)")
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
+
+run: $(STAMP) ## Run the pipeline: dvc repro (set CH11_DATA_MIRROR when offline)
+	$(BIN)/dvc repro
+
+data: $(STAMP) ## Only the data stages (download, prepare)
+	$(BIN)/dvc repro prepare
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+dag: $(STAMP) ## Show the pipeline graph
+	$(BIN)/dvc dag
+
+lock: ## Re-resolve pyproject.toml into requirements.lock (needs the package index)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+	.lock-venv/bin/python -m pip install --quiet -e ".[test]"
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^pip=='; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
+
+clean: ## Remove caches and test leftovers (keeps data, .venv and the MLflow store)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""Data stages: download (sources -> data/raw), prepare (raw -> data/prepared), load (-> tf.data)."""
+
+DATASETS = ("fashion_mnist", "cifar10")

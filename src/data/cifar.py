@@ -1,0 +1,130 @@
+"""CIFAR-10 in its two forms: the canonical python tarball and an image folder.
+
+Image folder: `train/<class>/*.jpg` and `test/<class>/*.jpg`, 32x32 RGB. Its identity is
+the manifest hash: SHA-256 over the sorted lines "<split>/<class>/<file> <sha256 of file>",
+so the same images give the same hash whether they came as a directory or a tarball.
+
+Python tarball: `cifar-10-batches-py/` with five training batches and one test batch,
+pickled dicts of N x 3072 uint8 rows (channel-major) and labels.
+"""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from src.data.files import progress
+from src.errors import DataError
+
+SPLITS = ("train", "test")
+IMAGE_SIZE = (32, 32)
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+BATCH_FILES = (*TRAIN_BATCHES, TEST_BATCH, "batches.meta")
+
+
+def image_files(root: Path, split: str, classes: list[str]) -> list[tuple[str, Path]]:
+    """(class, path) for every image of a split, in (class order, file name) order."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{root}: folder {split}/ missing; expected {split}/<class>/*.jpg")
+    found = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DataError(
+            f"{root}: class folder {split}/{missing[0]} missing "
+            f"({len(missing)} of {len(classes)} absent; expected: {', '.join(classes)})"
+        )
+    extra = sorted(found - set(classes))
+    if extra:
+        raise DataError(f"{root}: unexpected folder {split}/{extra[0]}; only the {len(classes)} classes belong here")
+    return [
+        (name, path)
+        for name in classes
+        for path in sorted((split_dir / name).iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+
+
+def verify_image_folder(root: Path, spec: dict) -> dict:
+    """Check structure, counts per class, image sizes and the manifest hash; return the facts."""
+    classes = spec["classes"]
+    manifest = hashlib.sha256()
+    counts = {}
+    for split in SPLITS:
+        files = image_files(root, split, classes)
+        expected = spec[f"{split}_per_class"]
+        for name in classes:
+            n = sum(1 for c, _ in files if c == name)
+            if n != expected:
+                raise DataError(f"{root}: {split}/{name} holds {n} images, expected {expected}")
+        with progress(len(files), f"verify {split}", unit="img") as bar:
+            for _, path in files:
+                check_image_header(path, root)
+                relative = path.relative_to(root).as_posix()
+                manifest.update(f"{relative} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+                bar.update()
+        counts[split] = len(files)
+    found = manifest.hexdigest()
+    if spec.get("manifest_sha256") and found != spec["manifest_sha256"]:
+        raise DataError(
+            f"{root}: image manifest SHA-256 is {found}, expected {spec['manifest_sha256']} "
+            "(images differ from the reference copy; replace the folder or tarball)"
+        )
+    return {"manifest_sha256": found, "images": counts}
+
+
+def check_image_header(path: Path, root: Path) -> None:
+    """Open the image header (cheap): readable, 32x32, RGB."""
+    name = path.relative_to(root).as_posix()
+    try:
+        with Image.open(path) as image:
+            size, mode = image.size, image.mode
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{root}: {name} is not a readable image ({error}); replace it") from None
+    if size != IMAGE_SIZE or mode != "RGB":
+        raise DataError(f"{root}: {name} is {size[0]}x{size[1]} {mode}, expected 32x32 RGB; replace it")
+
+
+def read_image_folder(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a split into (N, 32, 32, 3) uint8 images and int64 labels, in file order."""
+    files = image_files(root, split, classes)
+    images = np.empty((len(files), *IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.empty(len(files), dtype=np.int64)
+    with progress(len(files), f"decode {split}", unit="img") as bar:
+        for i, (name, path) in enumerate(files):
+            try:
+                with Image.open(path) as image:
+                    pixels = np.asarray(image)
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"{path}: unreadable image ({error}); run the download stage again") from None
+            if pixels.shape != (*IMAGE_SIZE, 3):
+                raise DataError(f"{path}: image of shape {pixels.shape}, expected (32, 32, 3); replace it")
+            images[i], labels[i] = pixels, classes.index(name)
+            bar.update()
+    return images, labels
+
+
+def read_batches(batches_dir: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate pickled batches into (N, 32, 32, 3) uint8 images and int64 labels."""
+    images, labels = [], []
+    for name in names:
+        path = batches_dir / name
+        try:
+            with open(path, "rb") as stream:
+                # The tarball's MD5 was checked by the download stage before extraction.
+                batch = pickle.load(stream, encoding="bytes")
+            data, batch_labels = batch[b"data"], batch[b"labels"]
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing; run the download stage again") from None
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+            raise DataError(f"{path}: not a CIFAR-10 batch ({error!r}); run the download stage again") from None
+        data = np.asarray(data, dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
+            raise DataError(f"{path}: data of shape {data.shape} with {len(batch_labels)} labels, expected N x 3072")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)

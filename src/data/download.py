@@ -1,0 +1,262 @@
+"""DVC stage `download@<dataset>`: fetch a dataset, verify it, write data/raw/<dataset>/.
+
+Sources are tried in order, and the first that yields verified data wins:
+  1. the mirror directory: $CH11_DATA_MIRROR, else params.yaml `download.mirror`
+  2. the canonical URLs
+  3. system copies (Debian's dataset-fashion-mnist: /usr/share/datasets/fashion-mnist)
+The one used is recorded in data/raw/<dataset>/source.json. A source that is missing,
+unreachable or fails its checksum is reported and skipped; if none works, the error lists
+every attempt and how to point the stage at a copy.
+
+    python -m src.data.download fashion_mnist      # what dvc.yaml runs
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+
+from src.cli import run_main
+from src.data import DATASETS, cifar
+from src.data.files import (
+    atomic_dir,
+    check_digest,
+    digest,
+    fetch_url,
+    file_digest,
+    gunzip_verified,
+    progress,
+)
+from src.errors import DataError
+from src.params import PARAMS_FILE, block, load_params
+
+MIRROR_ENV = "CH11_DATA_MIRROR"
+SOURCE_RECORD = "source.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One place a dataset may come from; fetch() fills a staging dir and returns facts."""
+
+    kind: str  # mirror | url | system
+    location: str
+    fetch: Callable[[Path], dict]
+
+
+def resolve_mirror(download_params: dict) -> tuple[Path | None, str]:
+    """The mirror directory and where that setting came from (for error messages)."""
+    if os.environ.get(MIRROR_ENV):
+        return Path(os.environ[MIRROR_ENV]), f"${MIRROR_ENV}={os.environ[MIRROR_ENV]}"
+    configured = download_params.get("mirror")
+    if configured:
+        return Path(configured), f"params.yaml download.mirror={configured}"
+    return None, f"no mirror set (${MIRROR_ENV} and params.yaml download.mirror are empty)"
+
+
+def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s: float = 30,
+             mirror_setting: str = "") -> dict:
+    """Fetch `dataset` from the first working candidate into `out`; return the source record."""
+    failures = []
+    for candidate in CANDIDATES[dataset](spec, mirror, timeout_s):
+        try:
+            with atomic_dir(out) as staging:
+                record = {"dataset": dataset, "source": candidate.kind, "location": candidate.location,
+                          "classes": spec["classes"], **candidate.fetch(staging)}
+                (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            return record
+        except DataError as error:
+            reason = str(error) if str(error).startswith(candidate.location) else f"{candidate.location}: {error}"
+            failures.append(f"{candidate.kind} {reason}")
+            print(f"download {dataset}: skipped {failures[-1]}", file=sys.stderr)
+    raise DataError(
+        f"no source gave verified {dataset} data; tried {len(failures)}: " + " | ".join(failures)
+        + f". Mirror setting: {mirror_setting or mirror}. Fix: set {MIRROR_ENV} to a directory holding "
+        + MIRROR_LAYOUT[dataset](spec)
+    )
+
+
+# -- Fashion-MNIST: four gzipped IDX files, verified by the SHA-256 of their content --------------
+
+def fashion_mnist_candidates(spec: dict, mirror: Path | None, timeout_s: float) -> list[Candidate]:
+    candidates = []
+    if mirror is not None:
+        folder = mirror / spec["mirror_subdir"]
+        candidates.append(Candidate("mirror", str(folder), partial(_idx_from_dir, folder, spec)))
+    for base in spec["urls"]:
+        candidates.append(Candidate("url", base, partial(_idx_from_url, base, spec, timeout_s=timeout_s)))
+    for system_dir in spec["system_dirs"]:
+        candidates.append(Candidate("system", system_dir, partial(_idx_from_dir, Path(system_dir), spec)))
+    return candidates
+
+
+def _idx_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
+    if not folder.is_dir():
+        raise DataError("no such directory")
+    for name, sha256 in spec["files"].items():
+        packed, plain = folder / f"{name}.gz", folder / name
+        if packed.is_file():
+            gunzip_verified(packed, staging / name, sha256)
+        elif plain.is_file():
+            shutil.copyfile(plain, staging / name)
+            check_digest(str(plain), file_digest(staging / name), sha256)
+        else:
+            raise DataError(f"{packed.name} not found")
+    return {"form": "idx", "sha256": dict(spec["files"])}
+
+
+def _idx_from_url(base: str, spec: dict, staging: Path, *, timeout_s: float) -> dict:
+    for name, sha256 in spec["files"].items():
+        packed = staging / f"{name}.gz"
+        fetch_url(f"{base.rstrip('/')}/{name}.gz", packed, timeout_s)
+        gunzip_verified(packed, staging / name, sha256)
+        packed.unlink()
+    return {"form": "idx", "sha256": dict(spec["files"])}
+
+
+# -- CIFAR-10: the canonical python tarball (MD5) or an image folder (manifest hash) -------------
+
+def cifar10_candidates(spec: dict, mirror: Path | None, timeout_s: float) -> list[Candidate]:
+    candidates = []
+    if mirror is not None:
+        candidates.append(Candidate("mirror", str(mirror), partial(_cifar_from_dir, mirror, spec)))
+    for url in spec["python_tarball"]["urls"]:
+        candidates.append(Candidate("url", url, partial(_cifar_from_url, url, spec, timeout_s=timeout_s)))
+    for system_dir in spec["system_dirs"]:
+        candidates.append(Candidate("system", system_dir, partial(_cifar_from_dir, Path(system_dir), spec)))
+    return candidates
+
+
+def _cifar_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
+    """The first of: canonical tarball, image-folder tarball, image-folder directory."""
+    if not folder.is_dir():
+        raise DataError("no such directory")
+    tarball = folder / spec["python_tarball"]["file"]
+    archive = folder / spec["image_folder"]["archive"]
+    directory = folder / spec["image_folder"]["directory"]
+    if tarball.is_file():
+        return _extract_python_tarball(tarball, spec, staging)
+    if archive.is_file():
+        _extract_image_archive(archive, staging)
+        return {"form": "image-folder", "file": archive.name, **cifar.verify_image_folder(staging, _folder_spec(spec))}
+    if directory.is_dir():
+        _copy_image_folder(directory, spec["classes"], staging)
+        return {"form": "image-folder", "file": directory.name + "/",
+                **cifar.verify_image_folder(staging, _folder_spec(spec))}
+    raise DataError(f"none of {tarball.name}, {archive.name}, {directory.name}/ found")
+
+
+def _cifar_from_url(url: str, spec: dict, staging: Path, *, timeout_s: float) -> dict:
+    tarball = staging / spec["python_tarball"]["file"]
+    fetch_url(url, tarball, timeout_s)
+    facts = _extract_python_tarball(tarball, spec, staging)
+    tarball.unlink()
+    return facts
+
+
+def _folder_spec(spec: dict) -> dict:
+    return {"classes": spec["classes"], **spec["image_folder"]}
+
+
+def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
+    with open(tarball, "rb") as stream, progress(tarball.stat().st_size, f"verify {tarball.name}") as bar:
+        md5 = digest(stream, "md5", bar)
+    check_digest(str(tarball), md5, spec["python_tarball"]["md5"], "MD5")
+    target = staging / cifar.BATCHES_DIR
+    target.mkdir()
+    with _open_tar(tarball) as archive, progress(len(cifar.BATCH_FILES), f"extract {tarball.name}", "file") as bar:
+        for name in cifar.BATCH_FILES:
+            member = _tar_member(archive, f"{cifar.BATCHES_DIR}/{name}")
+            if member is None:
+                raise DataError(f"{tarball}: member {cifar.BATCHES_DIR}/{name} missing; is it the right file?")
+            with open(target / name, "wb") as out:
+                shutil.copyfileobj(member, out)
+            bar.update()
+    return {"form": "python-tarball", "file": tarball.name, "md5": md5}
+
+
+def _extract_image_archive(archive_path: Path, staging: Path) -> None:
+    """Extract <split>/<class>/<image> members (an optional top folder is dropped).
+
+    Only regular files at that depth are written, under names rebuilt from their parts,
+    so a hostile archive cannot write outside the staging directory.
+    """
+    with _open_tar(archive_path) as archive, progress(None, f"extract {archive_path.name}", "file") as bar:
+        try:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if len(parts) == 4 and parts[1] in cifar.SPLITS:
+                    parts = parts[1:]
+                if not member.isfile() or len(parts) != 3 or parts[0] not in cifar.SPLITS:
+                    continue
+                if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+                    continue
+                target = staging.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.extractfile(member) as stream, open(target, "wb") as out:
+                    shutil.copyfileobj(stream, out)
+                bar.update()
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            raise DataError(f"{archive_path}: truncated or corrupt archive ({error}); fetch it again") from None
+
+
+def _copy_image_folder(directory: Path, classes: list[str], staging: Path) -> None:
+    """Copy the images of both splits (the copy is what gets verified and kept)."""
+    files = [(split, name, path) for split in cifar.SPLITS for name, path in cifar.image_files(directory, split, classes)]
+    with progress(len(files), f"copy {directory.name}", "file") as bar:
+        for split, name, path in files:
+            target = staging / split / name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            bar.update()
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{path}: not a readable tar archive ({error}); fetch it again") from None
+
+
+def _tar_member(archive: tarfile.TarFile, name: str):
+    try:
+        return archive.extractfile(name)
+    except KeyError:
+        return None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise DataError(f"{archive.name}: truncated or corrupt archive ({error}); fetch it again") from None
+
+
+CANDIDATES = {"fashion_mnist": fashion_mnist_candidates, "cifar10": cifar10_candidates}
+MIRROR_LAYOUT = {  # what a mirror directory must hold, for the error message
+    "fashion_mnist": lambda spec: f"{spec['mirror_subdir']}/<name>.gz for {', '.join(spec['files'])}",
+    "cifar10": lambda spec: (
+        f"{spec['python_tarball']['file']}, {spec['image_folder']['archive']} "
+        f"or {spec['image_folder']['directory']}/{{train,test}}/<class>/*.jpg"
+    ),
+}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.data.download", description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
+    parser.add_argument("--out", type=Path, help="output directory (default: data/raw/<dataset>)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    settings = block(params, "download", source=args.params)
+    spec = block(params, "download", args.dataset, source=args.params)
+    mirror, mirror_setting = resolve_mirror(settings)
+    out = args.out or Path("data/raw") / args.dataset
+    record = download(args.dataset, spec, out, mirror, settings.get("timeout_s", 30), mirror_setting)
+    print(f"download {args.dataset}: {record['form']} from {record['source']} {record['location']} -> {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
