@@ -26,21 +26,22 @@ TEST_BATCH = "test_batch"
 BATCH_FILES = (*TRAIN_BATCHES, TEST_BATCH, "batches.meta")
 
 
-def image_files(root: Path, split: str, classes: list[str]) -> list[tuple[str, Path]]:
+def image_files(root: Path, split: str, classes: list[str], origin: Path | None = None) -> list[tuple[str, Path]]:
     """(class, path) for every image of a split, in (class order, file name) order."""
     split_dir = root / split
+    origin = origin or root
     if not split_dir.is_dir():
-        raise DataError(f"{root}: folder {split}/ missing; expected {split}/<class>/*.jpg")
+        raise DataError(f"{origin}: folder {split}/ missing; expected {split}/<class>/*.jpg")
     found = {p.name for p in split_dir.iterdir() if p.is_dir()}
     missing = [c for c in classes if c not in found]
     if missing:
         raise DataError(
-            f"{root}: class folder {split}/{missing[0]} missing "
+            f"{origin}: class folder {split}/{missing[0]} missing "
             f"({len(missing)} of {len(classes)} absent; expected: {', '.join(classes)})"
         )
     extra = sorted(found - set(classes))
     if extra:
-        raise DataError(f"{root}: unexpected folder {split}/{extra[0]}; only the {len(classes)} classes belong here")
+        raise DataError(f"{origin}: unexpected folder {split}/{extra[0]}; only the {len(classes)} classes belong here")
     return [
         (name, path)
         for name in classes
@@ -49,44 +50,46 @@ def image_files(root: Path, split: str, classes: list[str]) -> list[tuple[str, P
     ]
 
 
-def verify_image_folder(root: Path, spec: dict) -> dict:
-    """Check structure, counts per class, image sizes and the manifest hash; return the facts."""
+def verify_image_folder(root: Path, spec: dict, origin: Path) -> dict:
+    """Check structure, counts per class, image sizes and the manifest hash; return the facts.
+
+    `root` is the folder checked (a fresh copy); `origin`, where it came from, names the
+    culprit in error messages.
+    """
     classes = spec["classes"]
-    manifest = hashlib.sha256()
-    counts = {}
+    lines, counts = [], {}
     for split in SPLITS:
-        files = image_files(root, split, classes)
+        files = image_files(root, split, classes, origin)
         expected = spec[f"{split}_per_class"]
         for name in classes:
             n = sum(1 for c, _ in files if c == name)
             if n != expected:
-                raise DataError(f"{root}: {split}/{name} holds {n} images, expected {expected}")
+                raise DataError(f"{origin}: {split}/{name} holds {n} images, expected {expected}")
         with progress(len(files), f"verify {split}", unit="img") as bar:
             for _, path in files:
-                check_image_header(path, root)
                 relative = path.relative_to(root).as_posix()
-                manifest.update(f"{relative} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+                check_image_header(path, f"{origin}: {relative}")
+                lines.append(f"{relative} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
                 bar.update()
         counts[split] = len(files)
-    found = manifest.hexdigest()
+    found = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
     if spec.get("manifest_sha256") and found != spec["manifest_sha256"]:
         raise DataError(
-            f"{root}: image manifest SHA-256 is {found}, expected {spec['manifest_sha256']} "
+            f"{origin}: image manifest SHA-256 is {found}, expected {spec['manifest_sha256']} "
             "(images differ from the reference copy; replace the folder or tarball)"
         )
     return {"manifest_sha256": found, "images": counts}
 
 
-def check_image_header(path: Path, root: Path) -> None:
+def check_image_header(path: Path, name: str) -> None:
     """Open the image header (cheap): readable, 32x32, RGB."""
-    name = path.relative_to(root).as_posix()
     try:
         with Image.open(path) as image:
             size, mode = image.size, image.mode
     except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{root}: {name} is not a readable image ({error}); replace it") from None
+        raise DataError(f"{name} is not a readable image ({error}); replace it") from None
     if size != IMAGE_SIZE or mode != "RGB":
-        raise DataError(f"{root}: {name} is {size[0]}x{size[1]} {mode}, expected 32x32 RGB; replace it")
+        raise DataError(f"{name} is {size[0]}x{size[1]} {mode}, expected 32x32 RGB; replace it")
 
 
 def read_image_folder(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -144,11 +144,11 @@ def _cifar_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
         return _extract_python_tarball(tarball, spec, staging)
     if archive.is_file():
         _extract_image_archive(archive, staging)
-        return {"form": "image-folder", "file": archive.name, **cifar.verify_image_folder(staging, _folder_spec(spec))}
+        return {"form": "image-folder", "file": archive.name, **cifar.verify_image_folder(staging, _folder_spec(spec), archive)}
     if directory.is_dir():
         _copy_image_folder(directory, spec["classes"], staging)
         return {"form": "image-folder", "file": directory.name + "/",
-                **cifar.verify_image_folder(staging, _folder_spec(spec))}
+                **cifar.verify_image_folder(staging, _folder_spec(spec), directory)}
     raise DataError(f"none of {tarball.name}, {archive.name}, {directory.name}/ found")
 
 
@@ -209,11 +209,12 @@ def _extract_image_archive(archive_path: Path, staging: Path) -> None:
 def _copy_image_folder(directory: Path, classes: list[str], staging: Path) -> None:
     """Copy the images of both splits (the copy is what gets verified and kept)."""
     files = [(split, name, path) for split in cifar.SPLITS for name, path in cifar.image_files(directory, split, classes)]
+    for split in cifar.SPLITS:
+        for name in classes:  # empty class folders too, so the count check sees them
+            (staging / split / name).mkdir(parents=True)
     with progress(len(files), f"copy {directory.name}", "file") as bar:
         for split, name, path in files:
-            target = staging / split / name / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            shutil.copyfile(path, staging / split / name / path.name)
             bar.update()
 
 

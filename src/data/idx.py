@@ -25,14 +25,14 @@ def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{path} not found; run the download stage again (dvc repro -f download@<dataset>)") from None
     ndim = 1 + len(shape)
     expected_magic = (UBYTE << 8) | ndim
-    if len(data) < 4 + 4 * ndim:
-        raise DataError(f"{path}: {len(data)} bytes is too short for an IDX header; fetch it again")
     magic = int.from_bytes(data[:4], "big")
-    if magic != expected_magic:
+    if len(data) >= 4 and magic != expected_magic:
         raise DataError(
             f"{path}: IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} "
             f"(uint8, {ndim}-D); is it the right file?"
         )
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: {len(data)} bytes is too short for an IDX header; fetch it again")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims[1:] != tuple(shape):
         raise DataError(f"{path}: items of shape {dims[1:]}, expected {tuple(shape)}; is it the right file?")

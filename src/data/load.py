@@ -1,0 +1,127 @@
+"""Prepared .npz -> tf.data pipelines, shaped as a data config asks (conf/data/*.yaml).
+
+    data = load_prepared("data/prepared/fashion_mnist.npz")
+    pipelines = make_datasets(data, batch_size=32, scale="unit", seed=42)
+    model.fit(pipelines["train"], validation_data=pipelines["valid"])
+
+Scaling modes (what the pixels become, as float32):
+    none       0..255, unchanged
+    unit       x / 255                                  (the book, the seed notebook)
+    symmetric  x / 127.5 - 1, in [-1, 1]                (MobileNetV2's preprocess_input)
+    standard   (x - mean) / std per pixel, from train   (what SELU's self-normalisation needs)
+"""
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.errors import ConfigError, DataError
+
+SPLITS = ("train", "valid", "test")
+SCALES = ("none", "unit", "symmetric", "standard")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The arrays of a prepared dataset and the metadata the prepare stage wrote."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    path: Path
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.arrays[f"x_{name}"], self.arrays[f"y_{name}"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+
+def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
+    """Read a prepared .npz and its .json; check keys, dtypes and (if verify) every hash."""
+    path = Path(path)
+    fix = f"delete it and run `dvc repro prepare@{path.stem}`"
+    meta_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `dvc repro prepare@{path.stem}` (or `make data`) first")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{meta_path} not found (it comes with {path.name}); {fix}") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{meta_path} is corrupt ({error}); {fix}") from None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path} is corrupt or truncated ({error}); {fix}") from None
+    expected = {f"{kind}_{split}" for kind in "xy" for split in SPLITS}
+    if set(arrays) != expected:
+        raise DataError(f"{path} holds {sorted(arrays)}, expected {sorted(expected)}; {fix}")
+    for split in SPLITS:
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or len(x) != len(y):
+            raise DataError(f"{path}: {split} has {x.dtype} images x{len(x)} and {len(y)} labels; {fix}")
+    if verify:
+        for key, value in arrays.items():
+            if hashlib.sha256(value.tobytes()).hexdigest() != meta.get("array_sha256", {}).get(key):
+                raise DataError(f"{path}: {key} does not match the hash in {meta_path.name}; {fix}")
+    return Prepared(arrays, meta, path)
+
+
+def make_datasets(data: Prepared, batch_size: int, scale: str = "unit", flatten: bool = False,
+                  resize: tuple[int, int] | None = None, seed: int = 42, cache: bool = True) -> dict:
+    """One tf.data pipeline per split: batched, scaled, shuffled (train only), prefetched."""
+    import tensorflow as tf  # noqa: PLC0415 (TensorFlow loads only when pipelines are built)
+
+    if scale not in SCALES:
+        raise ConfigError(f"data.scale must be one of {', '.join(SCALES)}, found {scale!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, found {batch_size!r}")
+    offset, factor = scaling(data, scale)
+    pipelines = {}
+    for split in SPLITS:
+        x, y = data.split(split)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))
+        if split == "train":
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
+
+        def transform(images, labels):
+            images = (tf.cast(images, tf.float32) - offset) * factor  # per-pixel stats: before resizing
+            if resize is not None:
+                images = tf.image.resize(images if images.shape.rank == 4 else images[..., None], resize)
+            if flatten:
+                images = tf.reshape(images, (tf.shape(images)[0], -1))
+            return images, labels
+
+        dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if cache and resize is None and split != "train":
+            dataset = dataset.cache()  # small evaluation splits: transform once
+        pipelines[split] = dataset.prefetch(tf.data.AUTOTUNE)
+    return pipelines
+
+
+def scaling(data: Prepared, scale: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (offset, factor) so that scaled = (pixels - offset) * factor."""
+    if scale == "standard":
+        mean, std = pixel_stats(data.split("train")[0])
+        return mean.astype(np.float32), (1.0 / np.maximum(std, 1e-7)).astype(np.float32)
+    offset, factor = {"none": (0.0, 1.0), "unit": (0.0, 1 / 255), "symmetric": (127.5, 1 / 127.5)}[scale]
+    return np.float32(offset), np.float32(factor)
+
+
+def pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation, in float64 chunks (no full float copy)."""
+    total = np.zeros(images.shape[1:])
+    squares = np.zeros(images.shape[1:])
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    mean = total / len(images)
+    return mean, np.sqrt(np.maximum(squares / len(images) - mean**2, 0.0))

@@ -1,0 +1,158 @@
+"""Shared fixtures: tiny but real-format datasets made on the fly, and the real mirror.
+
+The tiny datasets use the genuine file formats (gzipped IDX, CIFAR JPEG folders and
+pickled batches) so the code under test runs exactly as on the real files.
+"""
+
+import copy
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from src.data.idx import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_CLASSES = PARAMS["download"]["cifar10"]["classes"]
+TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def find_mirror() -> Path | None:
+    """The offline mirror: $CH11_DATA_MIRROR, else ../shared/mirror beside the checkout."""
+    candidate = Path(os.environ.get("CH11_DATA_MIRROR") or REPO.parent / "shared" / "mirror")
+    return candidate if candidate.is_dir() else None
+
+
+def require_mirror() -> Path:
+    """The mirror, or skip (fail under CI, which must always run the real-data tests)."""
+    mirror = find_mirror()
+    if mirror is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must see the data mirror: set CH11_DATA_MIRROR (see .ci/run)")
+        pytest.skip("no data mirror here: set CH11_DATA_MIRROR to run the real-data tests")
+    return mirror
+
+
+# -- Fashion-MNIST: 20 training and 10 test images ----------------------------------------------
+
+def fashion_arrays(n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+
+
+@pytest.fixture
+def fashion_mirror(tmp_path) -> tuple[Path, dict]:
+    """(mirror dir, download spec) with gzipped IDX files under mirror/fashion-mnist/."""
+    mirror = tmp_path / "mirror"
+    folder = mirror / "fashion-mnist"
+    folder.mkdir(parents=True)
+    hashes = {}
+    for name, array in fashion_arrays().items():
+        write_idx(folder / name, array)
+        raw = (folder / name).read_bytes()
+        hashes[name] = sha256(raw)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        (folder / name).unlink()
+    spec = copy.deepcopy(PARAMS["download"]["fashion_mnist"])
+    spec.update(urls=[], system_dirs=[], files=hashes)
+    return mirror, spec
+
+
+# -- CIFAR-10: 3 training and 1 test image per class -----------------------------------------------
+
+def class_color(index: int) -> tuple[int, int, int]:
+    """A flat colour per class, so tests can tell a label from its pixels after JPEG."""
+    return (index * 25, 255 - index * 25, 128)
+
+
+def jpeg(color, size=(32, 32), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else color[0]).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_image_folder(root: Path) -> str:
+    """Write {train,test}/<class>/NNNN.jpg under root; return the manifest SHA-256."""
+    lines = []
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for index, name in enumerate(CIFAR_CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for number in range(per_class):
+                data = jpeg(class_color(index))
+                (root / split / name / f"{number:04d}.jpg").write_bytes(data)
+                lines.append(f"{split}/{name}/{number:04d}.jpg {sha256(data)}\n")
+    return sha256("".join(sorted(lines)).encode())
+
+
+def cifar_spec(**image_folder) -> dict:
+    spec = copy.deepcopy(PARAMS["download"]["cifar10"])
+    spec["python_tarball"]["urls"] = []
+    spec["system_dirs"] = []
+    spec["image_folder"].update(train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS, **image_folder)
+    return spec
+
+
+@pytest.fixture
+def cifar_folder_mirror(tmp_path) -> tuple[Path, dict]:
+    """(mirror dir, spec) with the image folder as a directory mirror/cifar-10-images/."""
+    mirror = tmp_path / "mirror"
+    manifest = make_image_folder(mirror / "cifar-10-images")
+    return mirror, cifar_spec(manifest_sha256=manifest)
+
+
+@pytest.fixture
+def cifar_archive_mirror(tmp_path) -> tuple[Path, dict]:
+    """(mirror dir, spec) with the image folder packed as mirror/cifar-10-images.tar.gz."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    folder = tmp_path / "folder"
+    manifest = make_image_folder(folder)
+    with tarfile.open(mirror / "cifar-10-images.tar.gz", "w:gz") as archive:
+        for split in ("train", "test"):
+            archive.add(folder / split, arcname=split)
+    return mirror, cifar_spec(manifest_sha256=manifest)
+
+
+def cifar_batch(n: int, first_label: int) -> dict:
+    rng = np.random.default_rng(first_label)
+    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [(first_label + i) % 10 for i in range(n)]}
+
+
+@pytest.fixture
+def cifar_tarball_mirror(tmp_path) -> tuple[Path, dict, dict]:
+    """(mirror, spec, batches) with a canonical-layout cifar-10-python.tar.gz of 4-image batches."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    batches = {f"data_batch_{i}": cifar_batch(4, i) for i in range(1, 6)}
+    batches["test_batch"] = cifar_batch(4, 7)
+    batches["batches.meta"] = {b"label_names": [c.encode() for c in CIFAR_CLASSES]}
+    path = mirror / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, content in batches.items():
+            data = pickle.dumps(content)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    spec = cifar_spec()
+    spec["python_tarball"]["md5"] = hashlib.md5(path.read_bytes()).hexdigest()
+    return mirror, spec, batches

@@ -1,0 +1,99 @@
+"""The real pipeline on the real datasets: `dvc repro` in a copy of the repository,
+fed from the offline mirror, then checks of what it produced (slow: about a minute)."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PARAMS, REPO, require_mirror
+from src.data.load import load_prepared
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(*args, cwd, env):
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A copy of the repository's tracked files where `dvc repro` has run once."""
+    mirror = require_mirror()
+    work = tmp_path_factory.mktemp("clone") / "repo"
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    env = {**os.environ, "CH11_DATA_MIRROR": str(mirror), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    first = dvc("repro", cwd=work, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return work, env, first.stdout
+
+
+def test_second_repro_finds_nothing_to_do(pipeline):
+    work, env, first = pipeline
+    for stage in ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mnist", "prepare@cifar10"):
+        assert f"Running stage '{stage}'" in first
+    again = dvc("repro", cwd=work, env=env)
+    assert again.returncode == 0 and "Data and pipelines are up to date." in again.stdout
+    assert "Running stage" not in again.stdout
+
+
+def test_dag_links_download_to_prepare_for_each_dataset(pipeline):
+    work, env, _ = pipeline
+    dot = dvc("dag", "--dot", cwd=work, env=env).stdout
+    for dataset in ("fashion_mnist", "cifar10"):
+        assert f'"download@{dataset}" -> "prepare@{dataset}"' in dot
+
+
+@pytest.mark.parametrize(("dataset", "sizes", "shape", "per_class"), [
+    ("fashion_mnist", (55_000, 5_000, 10_000), (28, 28), (6_000, 1_000)),
+    ("cifar10", (45_000, 5_000, 10_000), (32, 32, 3), (5_000, 1_000)),
+])
+def test_prepared_splits_balance_ranges_and_hashes(pipeline, dataset, sizes, shape, per_class):
+    work, _, _ = pipeline
+    data = load_prepared(work / "data" / "prepared" / f"{dataset}.npz")  # verifies every array hash
+    meta = data.meta
+    for split, size in zip(("train", "valid", "test"), sizes):
+        x, y = data.split(split)
+        assert x.shape == (size, *shape) and x.dtype == np.uint8 and y.dtype == np.int64
+        assert (x.min(), x.max()) == (0, 255)
+        assert meta["splits"][split]["class_counts"] == np.bincount(y, minlength=10).tolist()
+    full = np.bincount(np.concatenate([data.split("train")[1], data.split("valid")[1]]), minlength=10)
+    assert full.tolist() == [per_class[0]] * 10
+    assert np.bincount(data.split("test")[1], minlength=10).tolist() == [per_class[1]] * 10
+    assert meta["class_names"] == PARAMS["download"][dataset]["classes"]
+    path = work / "data" / "prepared" / f"{dataset}.npz"
+    assert meta["npz_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    source = meta["source"]
+    assert source["source"] == "mirror"
+    if dataset == "fashion_mnist":
+        assert source["sha256"] == PARAMS["download"]["fashion_mnist"]["files"]
+        raw = work / "data" / "raw" / dataset
+        for name, expected in source["sha256"].items():
+            assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == expected
+    else:
+        assert source["form"] == "image-folder"
+        assert source["manifest_sha256"] == PARAMS["download"]["cifar10"]["image_folder"]["manifest_sha256"]
+        assert "default_rng(42)" in meta["split"]["order"]
+
+
+def test_fashion_valid_split_is_the_last_5000_of_the_training_file(pipeline):
+    work, _, _ = pipeline
+    from src.data.idx import read_idx
+
+    labels = read_idx(work / "data" / "raw" / "fashion_mnist" / "train-labels-idx1-ubyte", ())
+    data = load_prepared(work / "data" / "prepared" / "fashion_mnist.npz", verify=False)
+    np.testing.assert_array_equal(data.split("valid")[1], labels[-5000:])
+    np.testing.assert_array_equal(data.split("train")[1], labels[:-5000])
