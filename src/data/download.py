@@ -82,21 +82,23 @@ def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s
     )
 
 
+def candidates(mirror_dir: Path | None, urls: list[str], system_dirs: list[str],
+               from_dir: Callable[..., dict], from_url: Callable[..., dict]) -> list[Candidate]:
+    """The sources of one dataset, in the order they are tried: mirror, URLs, system copies."""
+    found = [Candidate("mirror", str(mirror_dir), partial(from_dir, mirror_dir))] if mirror_dir else []
+    found += [Candidate("url", url, partial(from_url, url)) for url in urls]
+    found += [Candidate("system", folder, partial(from_dir, Path(folder))) for folder in system_dirs]
+    return found
+
+
 # -- Fashion-MNIST: four gzipped IDX files, verified by the SHA-256 of their content --------------
 
 def fashion_mnist_candidates(spec: dict, mirror: Path | None, timeout_s: float) -> list[Candidate]:
-    candidates = []
-    if mirror is not None:
-        folder = mirror / spec["mirror_subdir"]
-        candidates.append(Candidate("mirror", str(folder), partial(_idx_from_dir, folder, spec)))
-    for base in spec["urls"]:
-        candidates.append(Candidate("url", base, partial(_idx_from_url, base, spec, timeout_s=timeout_s)))
-    for system_dir in spec["system_dirs"]:
-        candidates.append(Candidate("system", system_dir, partial(_idx_from_dir, Path(system_dir), spec)))
-    return candidates
+    return candidates(mirror and mirror / spec["mirror_subdir"], spec["urls"], spec["system_dirs"],
+                      partial(_idx_from_dir, spec=spec), partial(_idx_from_url, spec=spec, timeout_s=timeout_s))
 
 
-def _idx_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
+def _idx_from_dir(folder: Path, staging: Path, *, spec: dict) -> dict:
     if not folder.is_dir():
         raise DataError("no such directory")
     for name, sha256 in spec["files"].items():
@@ -111,7 +113,7 @@ def _idx_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
     return {"form": "idx", "sha256": dict(spec["files"])}
 
 
-def _idx_from_url(base: str, spec: dict, staging: Path, *, timeout_s: float) -> dict:
+def _idx_from_url(base: str, staging: Path, *, spec: dict, timeout_s: float) -> dict:
     for name, sha256 in spec["files"].items():
         packed = staging / f"{name}.gz"
         fetch_url(f"{base.rstrip('/')}/{name}.gz", packed, timeout_s)
@@ -123,17 +125,11 @@ def _idx_from_url(base: str, spec: dict, staging: Path, *, timeout_s: float) -> 
 # -- CIFAR-10: the canonical python tarball (MD5) or an image folder (manifest hash) -------------
 
 def cifar10_candidates(spec: dict, mirror: Path | None, timeout_s: float) -> list[Candidate]:
-    candidates = []
-    if mirror is not None:
-        candidates.append(Candidate("mirror", str(mirror), partial(_cifar_from_dir, mirror, spec)))
-    for url in spec["python_tarball"]["urls"]:
-        candidates.append(Candidate("url", url, partial(_cifar_from_url, url, spec, timeout_s=timeout_s)))
-    for system_dir in spec["system_dirs"]:
-        candidates.append(Candidate("system", system_dir, partial(_cifar_from_dir, Path(system_dir), spec)))
-    return candidates
+    return candidates(mirror, spec["python_tarball"]["urls"], spec["system_dirs"],
+                      partial(_cifar_from_dir, spec=spec), partial(_cifar_from_url, spec=spec, timeout_s=timeout_s))
 
 
-def _cifar_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
+def _cifar_from_dir(folder: Path, staging: Path, *, spec: dict) -> dict:
     """The first of: canonical tarball, image-folder tarball, image-folder directory."""
     if not folder.is_dir():
         raise DataError("no such directory")
@@ -144,15 +140,14 @@ def _cifar_from_dir(folder: Path, spec: dict, staging: Path) -> dict:
         return _extract_python_tarball(tarball, spec, staging)
     if archive.is_file():
         _extract_image_archive(archive, staging)
-        return {"form": "image-folder", "file": archive.name, **cifar.verify_image_folder(staging, _folder_spec(spec), archive)}
+        return _verified_image_folder(staging, spec, archive, archive.name)
     if directory.is_dir():
         _copy_image_folder(directory, spec["classes"], staging)
-        return {"form": "image-folder", "file": directory.name + "/",
-                **cifar.verify_image_folder(staging, _folder_spec(spec), directory)}
+        return _verified_image_folder(staging, spec, directory, directory.name + "/")
     raise DataError(f"none of {tarball.name}, {archive.name}, {directory.name}/ found")
 
 
-def _cifar_from_url(url: str, spec: dict, staging: Path, *, timeout_s: float) -> dict:
+def _cifar_from_url(url: str, staging: Path, *, spec: dict, timeout_s: float) -> dict:
     tarball = staging / spec["python_tarball"]["file"]
     fetch_url(url, tarball, timeout_s)
     facts = _extract_python_tarball(tarball, spec, staging)
@@ -160,8 +155,9 @@ def _cifar_from_url(url: str, spec: dict, staging: Path, *, timeout_s: float) ->
     return facts
 
 
-def _folder_spec(spec: dict) -> dict:
-    return {"classes": spec["classes"], **spec["image_folder"]}
+def _verified_image_folder(staging: Path, spec: dict, origin: Path, file: str) -> dict:
+    facts = cifar.verify_image_folder(staging, {"classes": spec["classes"], **spec["image_folder"]}, origin)
+    return {"form": "image-folder", "file": file, **facts}
 
 
 def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
