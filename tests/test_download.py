@@ -14,7 +14,7 @@ import pytest
 
 from conftest import jpeg, sha256
 from src.data.download import download
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 
 
 def listing(path):
@@ -211,3 +211,10 @@ def test_hostile_archive_members_never_leave_the_output(cifar_archive_mirror, tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["raw"]
     assert not list(tmp_path.rglob("escaped*")) and not list((tmp_path / "out").rglob("link.jpg"))
 
+
+
+def test_incomplete_dataset_block_is_a_config_error(fashion_mirror, tmp_path):
+    mirror, spec = fashion_mirror
+    del spec["files"], spec["urls"]
+    with pytest.raises(ConfigError, match=r"download.fashion_mnist lacks urls, files"):
+        download("fashion_mnist", spec, tmp_path / "raw", mirror)

@@ -34,7 +34,7 @@ from src.data.files import (
     gunzip_verified,
     progress,
 )
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 from src.params import PARAMS_FILE, block, load_params
 
 MIRROR_ENV = "CH11_DATA_MIRROR"
@@ -63,6 +63,9 @@ def resolve_mirror(download_params: dict) -> tuple[Path | None, str]:
 def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s: float = 30,
              mirror_setting: str = "") -> dict:
     """Fetch `dataset` from the first working candidate into `out`; return the source record."""
+    missing = [key for key in REQUIRED_KEYS[dataset] if key not in spec]
+    if missing:
+        raise ConfigError(f"params.yaml download.{dataset} lacks {', '.join(missing)}; restore them from the repository's params.yaml")
     failures = []
     for candidate in CANDIDATES[dataset](spec, mirror, timeout_s):
         try:
@@ -230,6 +233,10 @@ def _tar_member(archive: tarfile.TarFile, name: str):
         raise DataError(f"{archive.name}: truncated or corrupt archive ({error}); fetch it again") from None
 
 
+REQUIRED_KEYS = {
+    "fashion_mnist": ("mirror_subdir", "urls", "system_dirs", "files", "classes"),
+    "cifar10": ("python_tarball", "image_folder", "system_dirs", "classes"),
+}
 CANDIDATES = {"fashion_mnist": fashion_mnist_candidates, "cifar10": cifar10_candidates}
 MIRROR_LAYOUT = {  # what a mirror directory must hold, for the error message
     "fashion_mnist": lambda spec: f"{spec['mirror_subdir']}/<name>.gz for {', '.join(spec['files'])}",
