@@ -65,7 +65,9 @@ def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s
     """Fetch `dataset` from the first working candidate into `out`; return the source record."""
     missing = [key for key in REQUIRED_KEYS[dataset] if key not in spec]
     if missing:
-        raise ConfigError(f"params.yaml download.{dataset} lacks {', '.join(missing)}; restore them from the repository's params.yaml")
+        raise ConfigError(
+            f"params.yaml download.{dataset} lacks {', '.join(missing)}; restore them from the repository's params.yaml"
+        )
     failures = []
     for candidate in CANDIDATES[dataset](spec, mirror, timeout_s):
         try:
@@ -207,7 +209,8 @@ def _extract_image_archive(archive_path: Path, staging: Path) -> None:
 
 def _copy_image_folder(directory: Path, classes: list[str], staging: Path) -> None:
     """Copy the images of both splits (the copy is what gets verified and kept)."""
-    files = [(split, name, path) for split in cifar.SPLITS for name, path in cifar.image_files(directory, split, classes)]
+    files = [(split, name, path)
+             for split in cifar.SPLITS for name, path in cifar.image_files(directory, split, classes)]
     for split in cifar.SPLITS:
         for name in classes:  # empty class folders too, so the count check sees them
             (staging / split / name).mkdir(parents=True)

@@ -45,6 +45,11 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
         return digest(stream, algorithm)
 
 
+def array_digest(array) -> str:
+    """SHA-256 of a numpy array's bytes: the content hash the prepared metadata records."""
+    return hashlib.sha256(array.tobytes()).hexdigest()
+
+
 def check_digest(name: str, found: str, expected: str, algorithm: str = "SHA-256") -> None:
     """Raise a DataError naming the file and both digests when they differ."""
     if found != expected:

@@ -11,7 +11,6 @@ Scaling modes (what the pixels become, as float32):
     standard   (x - mean) / std per pixel, from train   (what SELU's self-normalisation needs)
 """
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data import SPLITS
+from src.data.files import array_digest
 from src.errors import ConfigError, DataError
 
-SPLITS = ("train", "valid", "test")
 SCALES = ("none", "unit", "symmetric", "standard")
 
 
@@ -68,7 +68,7 @@ def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
             raise DataError(f"{path}: {split} has {x.dtype} images x{len(x)} and {len(y)} labels; {fix}")
     if verify:
         for key, value in arrays.items():
-            if hashlib.sha256(value.tobytes()).hexdigest() != meta.get("array_sha256", {}).get(key):
+            if array_digest(value) != meta.get("array_sha256", {}).get(key):
                 raise DataError(f"{path}: {key} does not match the hash in {meta_path.name}; {fix}")
     return Prepared(arrays, meta, path)
 

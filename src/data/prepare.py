@@ -8,21 +8,19 @@ came from, and SHA-256 hashes of the raw inputs and of every array.
 """
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from src.cli import run_main
-from src.data import DATASETS, cifar
+from src.data import DATASETS, SPLITS, cifar
 from src.data.download import SOURCE_RECORD
-from src.data.files import atomic_files, file_digest
+from src.data.files import array_digest, atomic_files, file_digest
 from src.data.idx import read_idx
 from src.errors import ConfigError, DataError
 from src.params import PARAMS_FILE, block, load_params
 
-SPLITS = ("train", "valid", "test")
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -34,7 +32,9 @@ def prepare(dataset: str, raw_dir: Path, out: Path, spec: dict) -> dict:
     record = read_source_record(raw_dir, dataset)
     classes = record["classes"]
     if record.get("form") not in READERS:
-        raise DataError(f"{raw_dir / SOURCE_RECORD}: unknown form {record.get('form')!r}; run `dvc repro -f download@{dataset}`")
+        raise DataError(
+            f"{raw_dir / SOURCE_RECORD}: unknown form {record.get('form')!r}; run `dvc repro -f download@{dataset}`"
+        )
     (x_full, y_full), (x_test, y_test), order = READERS[record["form"]](raw_dir, record, spec)
     for labels, split in ((y_full, "train"), (y_test, "test")):
         check_labels(labels, len(classes), raw_dir, split)
@@ -141,7 +141,7 @@ def describe(dataset: str, arrays: dict, classes: list[str], record: dict, order
         "splits": splits,
         "split": {"valid_size": spec["valid_size"], "valid_position": spec["valid_position"], "order": order},
         "source": {k: v for k, v in record.items() if k != "classes"},
-        "array_sha256": {key: hashlib.sha256(value.tobytes()).hexdigest() for key, value in arrays.items()},
+        "array_sha256": {key: array_digest(value) for key, value in arrays.items()},
     }
 
 
