@@ -19,3 +19,7 @@ class ConfigError(LabError):
 
 class TrackingError(LabError):
     """The MLflow store or server cannot be used."""
+
+
+class TrainingError(LabError):
+    """Training itself went wrong (a NaN loss): the config needs changing, not the code."""

@@ -73,9 +73,44 @@ def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
     return Prepared(arrays, meta, path)
 
 
+def reshape_splits(data: Prepared, train_size: int | None = None,
+                   validation_split: float | None = None) -> Prepared:
+    """The splits a run trains on.
+
+    train_size keeps the first train_size training images. validation_split works as
+    Keras's fit argument does in the seed notebook: train and valid are rejoined into the
+    full training file in its original order, cut to train_size, and its last fraction
+    held out for validation.
+    """
+    arrays = dict(data.arrays)
+    x, y = arrays["x_train"], arrays["y_train"]
+    if validation_split is not None:
+        parts = ("valid", "train") if data.meta["split"]["valid_position"] == "first" else ("train", "valid")
+        x = np.concatenate([arrays[f"x_{part}"] for part in parts])
+        y = np.concatenate([arrays[f"y_{part}"] for part in parts])
+    if train_size is not None:
+        if train_size > len(x):
+            raise ConfigError(f"data.train_size={train_size} but only {len(x)} training images exist; lower it")
+        x, y = x[:train_size], y[:train_size]
+    if validation_split is not None:
+        held_out = int(len(x) * validation_split)
+        if not 0 < held_out < len(x):
+            raise ConfigError(f"validation_split={validation_split} of {len(x)} images leaves an empty split")
+        arrays.update(x_valid=x[-held_out:], y_valid=y[-held_out:])
+        x, y = x[:-held_out], y[:-held_out]
+    arrays.update(x_train=x, y_train=y)
+    return Prepared(arrays, data.meta, data.path)
+
+
 def make_datasets(data: Prepared, batch_size: int, scale: str = "unit", flatten: bool = False,
-                  resize: tuple[int, int] | None = None, seed: int = 42, cache: bool = True) -> dict:
-    """One tf.data pipeline per split: batched, scaled, shuffled (train only), prefetched."""
+                  resize: tuple[int, int] | None = None, seed: int = 42, cache: bool = True,
+                  epochs: int = 1, start_epoch: int = 0) -> dict:
+    """One tf.data pipeline per split: batched, scaled, prefetched.
+
+    The training pipeline holds epochs start_epoch..epochs-1 back to back (pass
+    steps_per_epoch to fit), each in its own order drawn from (seed, epoch): a run
+    resumed at epoch k sees exactly the batches an uninterrupted run sees from k on.
+    """
     import tensorflow as tf  # noqa: PLC0415 (TensorFlow loads only when pipelines are built)
 
     if scale not in SCALES:
@@ -83,27 +118,44 @@ def make_datasets(data: Prepared, batch_size: int, scale: str = "unit", flatten:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, found {batch_size!r}")
     offset, factor = scaling(data, scale)
+
+    def transform(images, labels):
+        images = (tf.cast(images, tf.float32) - offset) * factor  # per-pixel stats: before resizing
+        if resize is not None:
+            images = tf.image.resize(images if images.shape.rank == 4 else images[..., None], resize)
+        if flatten:
+            images = tf.reshape(images, (tf.shape(images)[0], -1))
+        return images, labels
+
     pipelines = {}
     for split in SPLITS:
         x, y = data.split(split)
-        dataset = tf.data.Dataset.from_tensor_slices((x, y))
         if split == "train":
-            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size)
-
-        def transform(images, labels):
-            images = (tf.cast(images, tf.float32) - offset) * factor  # per-pixel stats: before resizing
-            if resize is not None:
-                images = tf.image.resize(images if images.shape.rank == 4 else images[..., None], resize)
-            if flatten:
-                images = tf.reshape(images, (tf.shape(images)[0], -1))
-            return images, labels
-
+            dataset = shuffled_epochs(tf, x, y, batch_size, seed, start_epoch, epochs)
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
         dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if cache and resize is None and split != "train":
             dataset = dataset.cache()  # small evaluation splits: transform once
         pipelines[split] = dataset.prefetch(tf.data.AUTOTUNE)
     return pipelines
+
+
+def shuffled_epochs(tf, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_epoch: int, epochs: int):
+    """Batches of (x, y) for epochs start_epoch..epochs-1, each epoch a stateless permutation."""
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def epoch_order(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(x), dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return (tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_order)
+            .map(lambda index: (tf.gather(images, index), tf.gather(labels, index))))
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return -(-n_examples // batch_size)
 
 
 def scaling(data: Prepared, scale: str) -> tuple[np.ndarray, np.ndarray]:

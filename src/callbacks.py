@@ -1,0 +1,88 @@
+"""Keras callbacks of a training run: epoch stats, gradient diagnostics, metric logging.
+
+Order matters (engine.py builds the list): EpochStats adds its values to the epoch's
+logs; the resume backup then saves them; MetricLogger records them.
+"""
+
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from src.models import activation_layers, kernel_layers
+
+MetricSink = Callable[[int, dict[str, float]], None]  # (step, metrics) -> recorded somewhere
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Adds learning_rate (in effect at the end of the epoch) and epoch_time_s to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_time_s"] = time.perf_counter() - self.started
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class MetricLogger(keras.callbacks.Callback):
+    """Sends each epoch's logs to a sink at step = epochs completed (1, 2, ...)."""
+
+    def __init__(self, sink: MetricSink):
+        super().__init__()
+        self.sink = sink
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.sink(epoch + 1, {key: float(value) for key, value in logs.items()})
+
+
+class GradientDiagnostics(keras.callbacks.Callback):
+    """Per-layer gradient norms and activation mean/std on one fixed training batch.
+
+    Measured in training mode (dropout on, BN on batch statistics), as the optimizer sees
+    the network, then every non-trainable variable (BN moving statistics, dropout seeds)
+    is put back, so measuring changes nothing in the run. Step 0 is the initialisation.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, sink: MetricSink):
+        super().__init__()
+        self.images, self.labels, self.sink = tf.constant(images), tf.constant(labels), sink
+        self.history: dict[int, dict[str, float]] = {}
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.activations = activation_layers(model)
+        self.kernels = kernel_layers(model)
+        self.probe = keras.Model(model.inputs, [layer.output for layer in self.activations] + list(model.outputs))
+
+    def on_train_begin(self, logs=None):
+        if not self.history and self.model.optimizer.iterations == 0:
+            self.sink(0, self.measure(0))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.sink(epoch + 1, self.measure(epoch + 1))  # not in logs: Keras would print them all
+
+    def measure(self, step: int) -> dict[str, float]:
+        saved = [variable.numpy() for variable in self.model.non_trainable_variables]
+        values = {key: float(value) for key, value in self._measure().items()}
+        for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
+            variable.assign(value)
+        self.history[step] = values
+        return values
+
+    @tf.function(reduce_retracing=True)
+    def _measure(self) -> dict[str, tf.Tensor]:
+        kernels = [layer.kernel for layer in self.kernels]
+        with tf.GradientTape() as tape:
+            *hidden, predictions = self.probe(self.images, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(self.labels, predictions))
+            loss += tf.add_n(self.model.losses) if self.model.losses else 0.0
+        gradients = tape.gradient(loss, kernels)
+        values = {f"grad_norm/{layer.name}": tf.norm(g) for layer, g in zip(self.kernels, gradients, strict=True)}
+        for layer, output in zip(self.activations, hidden, strict=True):
+            output = tf.cast(output, tf.float32)
+            values[f"act_mean/{layer.name.removesuffix('_act')}"] = tf.reduce_mean(output)
+            values[f"act_std/{layer.name.removesuffix('_act')}"] = tf.math.reduce_std(output)
+        return values

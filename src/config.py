@@ -1,0 +1,226 @@
+"""Check a composed training config before anything is built, and fingerprint it.
+
+`validate(cfg)` walks the config against RULES: every key must be known, every value of
+the right type and range, and a few combinations that cannot work (SELU with Batch
+Normalization, MC dropout without dropout, ...) are refused. The first problem found
+becomes one ConfigError line that names the key, the value and the fix.
+"""
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from src.data import DATASETS
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Rule = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "mish")
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "lecun_uniform",
+                "variance_scaling")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
+# Keys that change where or how a run is recorded, not what it computes: left out of the hash.
+NOT_HASHED = ("name", "tracking", "force", "state_dir", "threads", "diagnostics")
+
+
+# -- rules -------------------------------------------------------------------------------------
+
+def integer(low: int | None = None) -> Rule:
+    def rule(value):
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            return f"must be an integer{f' >= {low}' if low is not None else ''}"
+    return rule
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> Rule:
+    interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else low}, "
+                f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}")
+
+    def rule(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            return f"must be a number in {interval}"
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            return f"must be in {interval}"
+    return rule
+
+
+def boolean(value) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def choice(*options: str) -> Rule:
+    def rule(value):
+        return None if value in options else f"must be one of {', '.join(options)}"
+    return rule
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda value: None if value is None else rule(value)
+
+
+def text(value) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def safe_name(value) -> str | None:
+    # Used in directory names and MLflow experiment names: no separators, no traversal.
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value)
+    return None if ok else "must be letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def int_list(length: int | None = None, low: int = 1) -> Rule:
+    def rule(value):
+        if not isinstance(value, list) or not all(integer(low)(item) is None for item in value):
+            return f"must be a list of integers >= {low}"
+        if length is not None and len(value) != length:
+            return f"must have {length} items"
+    return rule
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
+        "flatten": boolean, "resize": optional(int_list(length=2)), "train_size": optional(integer(1))}
+MLP = {
+    "name": choice("mlp"), "depth": integer(1), "width": integer(1), "activation": choice(*ACTIVATIONS),
+    "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
+    "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
+    "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
+    "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean,
+    "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
+    "l2": number(0), "max_norm": optional(number(0, low_open=True)),
+}
+# Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
+OPTIMIZER_ARGS = {
+    "sgd": {"momentum": number(0, 1, high_open=True), "nesterov": boolean},
+    "adagrad": {"initial_accumulator_value": number(0), "epsilon": number(0, low_open=True)},
+    "rmsprop": {"rho": number(0, 1, high_open=True), "momentum": number(0, 1, high_open=True),
+                "epsilon": number(0, low_open=True), "centered": boolean},
+    "adam": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
+             "epsilon": number(0, low_open=True), "amsgrad": boolean},
+    "adamax": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
+               "epsilon": number(0, low_open=True)},
+    "nadam": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
+              "epsilon": number(0, low_open=True)},
+    "adamw": {"weight_decay": number(0), "beta_1": number(0, 1, high_open=True),
+              "beta_2": number(0, 1, high_open=True), "epsilon": number(0, low_open=True), "amsgrad": boolean},
+}
+OPTIMIZER_COMMON = {"name": choice(*OPTIMIZER_ARGS), "learning_rate": number(0, low_open=True)}
+CLIPPING = {key: optional(number(0, low_open=True)) for key in CLIPPING_KEYS}
+DECAY = {"name": text, "per": choice("step", "epoch"), "decay_steps": integer(1), "decay_rate": number(0, low_open=True),
+         "staircase": boolean}
+SCHEDULES = {
+    "constant": {"name": text},
+    "exponential_decay": DECAY,
+    "inverse_time_decay": DECAY,
+    "piecewise_constant_decay": {"name": text, "per": choice("step", "epoch"), "boundaries": int_list(),
+                                 "multipliers": lambda v: None if isinstance(v, list) and v and all(
+                                     number(0, low_open=True)(m) is None for m in v) else "must be a list of numbers > 0"},
+    "reduce_lr_on_plateau": {"name": text, "monitor": choice(*MONITORS), "factor": number(0, 1, True, True),
+                             "patience": integer(0), "min_lr": number(0)},
+    "one_cycle": {"name": text, "initial_divisor": number(1), "final_divisor": number(1),
+                  "tail_fraction": number(0, 1, high_open=True)},
+}
+TRACKING = {"uri": optional(text), "artifact_location": optional(text), "log_model": boolean}
+TOP = {
+    "name": safe_name, "seed": integer(0), "epochs": integer(1), "batch_size": integer(1),
+    "validation_split": optional(number(0, 1, True, True)), "deterministic": boolean,
+    "steps_per_execution": integer(1), "precision": choice(*PRECISIONS), "threads": optional(integer(1)),
+    "force": boolean, "early_stopping": {"patience": optional(integer(0)), "restore_best_weights": boolean},
+    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "mc_dropout_samples": integer(0),
+    "diagnostics": {"enabled": boolean, "batch_size": integer(1)}, "state_dir": text,
+    "data": DATA, "model": MLP, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
+    "tracking": TRACKING,
+}
+
+
+def validate(cfg: DictConfig | dict) -> dict:
+    """The resolved config as plain dicts, or a ConfigError naming the first problem."""
+    config = resolve(cfg)
+    schema = dict(TOP)
+    optimizer_name = config.get("optimizer", {}).get("name")
+    schema["optimizer"] = {**OPTIMIZER_COMMON, **OPTIMIZER_ARGS.get(optimizer_name, {})}
+    schedule_name = config.get("schedule", {}).get("name")
+    if schedule_name not in SCHEDULES:
+        raise ConfigError(f"schedule.name={schedule_name!r} must be one of {', '.join(SCHEDULES)}; "
+                          f"pick a file with schedule=<option>")
+    schema["schedule"] = SCHEDULES[schedule_name]
+    check_section(config, schema, "")
+    check_combinations(config)
+    return config
+
+
+def resolve(cfg: DictConfig | dict) -> dict:
+    try:
+        return OmegaConf.to_container(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"config does not resolve: {' '.join(str(error).split())}") from None
+
+
+def check_section(values: Any, schema: dict, where: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where.rstrip('.')} must be a mapping, found {values!r}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known in {where.rstrip('.') or 'the top level'}: "
+                          f"{', '.join(schema)}); remove it or fix the name")
+    for key, rule in schema.items():
+        if key not in values:
+            raise ConfigError(f"{where}{key} is missing; add it to the config (see conf/)")
+        if isinstance(rule, dict):
+            check_section(values[key], rule, f"{where}{key}.")
+        elif (problem := rule(values[key])) is not None:
+            raise ConfigError(f"{where}{key}={values[key]!r} {problem}; fix it on the command line or in conf/")
+
+
+def check_combinations(config: dict) -> None:
+    """Values that are each fine but cannot work together."""
+    model, schedule = config["model"], config["schedule"]
+    clips = [key for key in CLIPPING_KEYS if config["clipping"][key] is not None]
+    if len(clips) > 1:
+        raise ConfigError(f"clipping sets {' and '.join(clips)}; Keras takes one: pick clipping=value|norm|global_norm")
+    if model["activation"] == "selu" and model["batch_norm"] != "none":
+        raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
+                          ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
+    if config["mc_dropout_samples"] > 0 and model["dropout"] == 0:
+        raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
+    if schedule["name"] == "piecewise_constant_decay":
+        bounds, multipliers = schedule["boundaries"], schedule["multipliers"]
+        if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
+            raise ConfigError("schedule.boundaries must increase and schedule.multipliers have one more item "
+                              f"(found {bounds} and {multipliers})")
+    if model["activation"] == "selu" and config["data"]["scale"] != "standard":
+        log.warning("SELU self-normalises only on standardised inputs: consider data.scale=standard")
+    if model["dropout_kind"] == "alpha_dropout" and model["activation"] != "selu" and model["dropout"] > 0:
+        log.warning("alpha_dropout is designed for SELU; with %s plain dropout is the usual choice",
+                    model["activation"])
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the resolved config, without the keys that only say where results go."""
+    kept = {key: value for key, value in config.items() if key not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"depth": 3}} -> {"model.depth": 3}, the form MLflow params take."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,115 @@
+"""The TensorFlow side of a run: runtime set-up, model, fit, evaluation.
+
+train.py calls fit_and_evaluate() with a validated config inside an open MLflow run;
+everything here is plain Keras, read top to bottom.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+from src import callbacks as cbs
+from src.data.load import Prepared, make_datasets, steps_per_epoch
+from src.errors import TrainingError
+from src.models import BUILDERS, mc_dropout_model
+from src.optim import build_optimizer, schedule_callbacks
+from src.resume import Backup, ResumeState
+
+log = logging.getLogger(__name__)
+
+
+def configure_runtime(config: dict) -> None:
+    """Threads, seeds, determinism and precision: before any model is built."""
+    threads = config["threads"]
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        try:  # only possible before TensorFlow's first op in this process
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:
+            log.warning("threads=%s ignored: TensorFlow already started in this process", threads)
+    keras.backend.clear_session()  # a fresh graph per job (in-process sweeps, reused workers)
+    keras.utils.set_random_seed(config["seed"])
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():  # a previous job in this process turned it on
+        tf_config.disable_op_determinism()  # only exposed under tensorflow.python
+    keras.mixed_precision.set_global_policy(config["precision"])
+
+
+def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, workdir: Path) -> dict:
+    """Build, compile, (resume,) fit and evaluate; per-epoch metrics go to sink."""
+    configure_runtime(config)
+    n_train, batch_size, epochs = len(data.split("train")[0]), config["batch_size"], config["epochs"]
+    steps = steps_per_epoch(n_train, batch_size)
+    model = BUILDERS[config["model"]["name"]](config["model"], data.split("train")[0].shape[1:], len(data.class_names))
+    model.compile(optimizer=build_optimizer(config, total_steps=steps * epochs), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
+
+    stateful = standard_callbacks(config, workdir)  # their counters are part of the resume state
+    progress = state.restore(model, stateful)
+    start = progress["epochs_done"]
+    if start:
+        log.info("resuming at epoch %d of %d from %s", start + 1, epochs, state.latest())
+    pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
+                              resize=config["data"]["resize"], seed=config["seed"], epochs=epochs, start_epoch=start)
+    history = progress["history"]
+    order = [cbs.EpochStats()]
+    if config["diagnostics"]["enabled"]:
+        order.append(diagnostics(config, data, pipelines, sink))
+    order += [*stateful, Backup(state, history, stateful), cbs.MetricLogger(sink)]
+    if start < epochs:
+        model.fit(pipelines["train"], epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
+                  validation_data=pipelines["valid"], callbacks=order, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    if history and not np.isfinite(history[-1].get("loss", np.nan)):
+        raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate, "
+                            "add clipping=norm, or check the inputs' scale")
+    return {**evaluate(model, pipelines["test"], config), "epochs_run": len(history), "model": model,
+            "example": next(iter(pipelines["test"]))[0].numpy()[:3]}
+
+
+def standard_callbacks(config: dict, workdir: Path) -> list[keras.callbacks.Callback]:
+    stateful = schedule_callbacks(config)
+    if config["early_stopping"]["patience"] is not None:
+        stateful.append(keras.callbacks.EarlyStopping(
+            patience=config["early_stopping"]["patience"],
+            restore_best_weights=config["early_stopping"]["restore_best_weights"]))
+    if config["checkpoint"]["best_only"]:
+        stateful.append(keras.callbacks.ModelCheckpoint(workdir / "best.keras", save_best_only=True))
+    if config["terminate_on_nan"]:
+        stateful.append(keras.callbacks.TerminateOnNaN())
+    return stateful
+
+
+def diagnostics(config: dict, data: Prepared, pipelines: dict, sink) -> cbs.GradientDiagnostics:
+    """Gradient diagnostics on a fixed batch: the first training images, scaled like the rest."""
+    size = config["diagnostics"]["batch_size"]
+    fixed = make_datasets(Prepared({**data.arrays, "x_test": data.split("train")[0][:size],
+                                    "y_test": data.split("train")[1][:size]}, data.meta, data.path),
+                          size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
+                          resize=config["data"]["resize"], cache=False, epochs=0)["test"]
+    images, labels = next(iter(fixed))
+    return cbs.GradientDiagnostics(images.numpy(), labels.numpy(), sink)
+
+
+def evaluate(model: keras.Model, test, config: dict) -> dict[str, float]:
+    scores = model.evaluate(test, verbose=0, return_dict=True)
+    results = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
+    samples = config["mc_dropout_samples"]
+    if samples > 0:  # average the class probabilities of `samples` stochastic passes
+        sampler = mc_dropout_model(model)
+        labels = np.concatenate([y.numpy() for _, y in test])
+        probabilities = np.mean([sampler.predict(test, verbose=0) for _ in range(samples)], axis=0)
+        results["test_mc_dropout_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == labels))
+    return results
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The trained network without its optimizer: what gets logged as the MLflow model."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,59 @@
+"""Figures of a run, drawn from its logged metric histories ({key: [(step, value), ...]})."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+History = dict[str, list[tuple[int, float]]]
+
+
+def learning_curves(history: History, path: Path) -> Path:
+    """Loss, accuracy (train and validation) and learning rate against epoch."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for axis, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if key in history:
+                steps, values = zip(*history[key], strict=True)
+                axis.plot(steps, values, style, marker=".", label=key)
+        axis.set(xlabel="epoch", title=metric)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    if "learning_rate" in history:
+        steps, values = zip(*history["learning_rate"], strict=True)
+        axes[2].plot(steps, values, marker=".")
+        axes[2].set(xlabel="epoch", title="learning rate (end of epoch)", yscale="log")
+        axes[2].grid(alpha=0.3)
+    return save(figure, path)
+
+
+def gradients_by_depth(history: History, path: Path) -> Path:
+    """Gradient norm and activation std per layer, one line per epoch (0 = initialisation)."""
+    norms = {key.removeprefix("grad_norm/"): values for key, values in history.items() if key.startswith("grad_norm/")}
+    stds = {key.removeprefix("act_std/"): values for key, values in history.items() if key.startswith("act_std/")}
+    layers = sorted(norms, key=lambda name: (name == "output", name))  # input side first, output last
+    steps = sorted({step for values in norms.values() for step, _ in values})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    colors = plt.cm.viridis([i / max(1, len(steps) - 1) for i in range(len(steps))])
+    for color, step in zip(colors, steps, strict=True):
+        left.plot(range(1, len(layers) + 1), [dict(norms[name]).get(step) for name in layers], color=color,
+                  label=f"epoch {step}")
+        hidden = [name for name in layers if name in stds]
+        right.plot(range(1, len(hidden) + 1), [dict(stds[name]).get(step) for name in hidden], color=color)
+    left.set(xlabel="layer (input side first; last = output)", ylabel="gradient L2 norm of the kernel",
+             yscale="log", title="gradients by depth")
+    right.set(xlabel="hidden layer", ylabel="activation std", title="activations by depth")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    if len(steps) <= 12:
+        left.legend(fontsize=7)
+    return save(figure, path)
+
+
+def save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

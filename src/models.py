@@ -1,0 +1,97 @@
+"""Models in plain Keras, chosen by name (conf/model/<name>.yaml -> BUILDERS[name]).
+
+Layer names follow the depth (hidden_01, hidden_01_act, ...) so gradient diagnostics and
+figures can plot any quantity against depth.
+"""
+
+import keras
+
+ACTIVATION_LAYERS = {
+    "leaky_relu": lambda cfg, name: keras.layers.LeakyReLU(negative_slope=cfg["leaky_slope"], name=name),
+    "prelu": lambda cfg, name: keras.layers.PReLU(name=name),  # the slope is learned, one per unit
+}
+DROPOUT_LAYERS = {"dropout": keras.layers.Dropout, "alpha_dropout": keras.layers.AlphaDropout}
+
+
+def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
+    """Flatten -> depth x [Dense -> (BN) -> activation -> (BN) -> (dropout)] -> softmax."""
+    layers = [keras.Input(shape=input_shape, name="image"), keras.layers.Flatten(name="flatten")]
+    if cfg["input_batch_norm"]:
+        layers.append(keras.layers.BatchNormalization(name="input_bn"))
+    digits = max(2, len(str(cfg["depth"])))
+    for index in range(1, cfg["depth"] + 1):
+        name = f"hidden_{index:0{digits}d}"
+        # BN before the activation has its own shift (beta): a Dense bias would be redundant.
+        layers.append(keras.layers.Dense(
+            cfg["width"], use_bias=cfg["batch_norm"] != "before", kernel_initializer=initializer(cfg),
+            kernel_regularizer=regularizer(cfg), kernel_constraint=constraint(cfg), name=name))
+        if cfg["batch_norm"] == "before":
+            layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))
+        layers.append(activation_layer(cfg, f"{name}_act"))
+        if cfg["batch_norm"] == "after":
+            layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))
+        if cfg["dropout"] > 0:
+            layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["dropout"], name=f"{name}_dropout"))
+    # float32 output: softmax and the loss stay accurate under mixed precision.
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer(cfg),
+                                     dtype="float32", name="output"))
+    return keras.Sequential(layers, name="mlp")
+
+
+BUILDERS = {"mlp": build_mlp}
+
+
+def initializer(cfg: dict) -> keras.initializers.Initializer:
+    if cfg["kernel_initializer"] == "variance_scaling":
+        return keras.initializers.VarianceScaling(scale=cfg["init_scale"], mode=cfg["init_mode"],
+                                                  distribution=cfg["init_distribution"])
+    return keras.initializers.get(cfg["kernel_initializer"])
+
+
+def regularizer(cfg: dict) -> keras.regularizers.Regularizer | None:
+    return keras.regularizers.L2(cfg["l2"]) if cfg["l2"] > 0 else None
+
+
+def constraint(cfg: dict) -> keras.constraints.Constraint | None:
+    return keras.constraints.MaxNorm(cfg["max_norm"], axis=0) if cfg["max_norm"] else None
+
+
+def activation_layer(cfg: dict, name: str) -> keras.layers.Layer:
+    make = ACTIVATION_LAYERS.get(cfg["activation"])
+    return make(cfg, name) if make else keras.layers.Activation(cfg["activation"], name=name)
+
+
+def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The hidden activation layers, input side first."""
+    return [layer for layer in model.layers if layer.name.endswith("_act")]
+
+
+def kernel_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The Dense layers (hidden then output), input side first."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+
+# -- Monte Carlo dropout (Gal & Ghahramani 2016): dropout stays on at inference ----------------
+
+class MCDropout(keras.layers.Dropout):
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+class MCAlphaDropout(keras.layers.AlphaDropout):
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+MC_REPLACEMENTS = {keras.layers.Dropout: MCDropout, keras.layers.AlphaDropout: MCAlphaDropout}
+
+
+def mc_dropout_model(model: keras.Model) -> keras.Model:
+    """A copy of model whose dropout layers sample at inference; BN stays in inference mode."""
+    def clone(layer):
+        kind = MC_REPLACEMENTS.get(type(layer), type(layer))
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,81 @@
+"""Optimizers, gradient clipping and learning-rate schedules from config.
+
+Per-step schedules live inside the optimizer as a LearningRateSchedule, so they stay exact
+with steps_per_execution > 1 (batch callbacks fire once per execution, not per step).
+Per-epoch schedules and ReduceLROnPlateau are Keras callbacks, as in the book.
+"""
+
+import bisect
+import math
+
+import keras
+
+STEP_SCHEDULES = {
+    "exponential_decay": lambda lr, s, total: keras.optimizers.schedules.ExponentialDecay(
+        lr, s["decay_steps"], s["decay_rate"], staircase=s["staircase"]),
+    "inverse_time_decay": lambda lr, s, total: keras.optimizers.schedules.InverseTimeDecay(
+        lr, s["decay_steps"], s["decay_rate"], staircase=s["staircase"]),
+    "piecewise_constant_decay": lambda lr, s, total: keras.optimizers.schedules.PiecewiseConstantDecay(
+        s["boundaries"], [lr * m for m in s["multipliers"]]),
+    "one_cycle": lambda lr, s, total: OneCycle(lr, total, s["initial_divisor"], s["final_divisor"],
+                                               s["tail_fraction"]),
+}
+
+
+def build_optimizer(cfg: dict, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer of cfg.optimizer, with cfg.clipping and a per-step cfg.schedule if any."""
+    settings = dict(cfg["optimizer"])
+    name = settings.pop("name")
+    settings.update({key: value for key, value in cfg["clipping"].items() if value is not None})
+    schedule = cfg["schedule"]
+    if schedule["name"] in STEP_SCHEDULES and schedule.get("per", "step") == "step":
+        settings["learning_rate"] = STEP_SCHEDULES[schedule["name"]](settings["learning_rate"], schedule, total_steps)
+    return type(keras.optimizers.get(name))(**settings)
+
+
+def schedule_callbacks(cfg: dict) -> list[keras.callbacks.Callback]:
+    """Keras callbacks for the per-epoch schedules and ReduceLROnPlateau ([] otherwise)."""
+    schedule, lr0 = cfg["schedule"], cfg["optimizer"]["learning_rate"]
+    if schedule["name"] == "reduce_lr_on_plateau":
+        return [keras.callbacks.ReduceLROnPlateau(monitor=schedule["monitor"], factor=schedule["factor"],
+                                                  patience=schedule["patience"], min_lr=schedule["min_lr"])]
+    if schedule.get("per") != "epoch":
+        return []
+    if schedule["name"] == "exponential_decay":
+        def rate(epoch: int) -> float:
+            exponent = epoch / schedule["decay_steps"]
+            return lr0 * schedule["decay_rate"] ** (math.floor(exponent) if schedule["staircase"] else exponent)
+    elif schedule["name"] == "inverse_time_decay":
+        def rate(epoch: int) -> float:
+            exponent = epoch / schedule["decay_steps"]
+            return lr0 / (1 + schedule["decay_rate"] * (math.floor(exponent) if schedule["staircase"] else exponent))
+    else:  # piecewise_constant_decay
+        def rate(epoch: int) -> float:
+            return lr0 * schedule["multipliers"][bisect.bisect_right(schedule["boundaries"], epoch)]
+    return [keras.callbacks.LearningRateScheduler(rate)]
+
+
+@keras.saving.register_keras_serializable(package="ch11")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """The book's 1cycle: linear up to peak, linear down to start, then anneal over the tail."""
+
+    def __init__(self, peak: float, total_steps: int, initial_divisor: float = 10.0,
+                 final_divisor: float = 1000.0, tail_fraction: float = 0.1):
+        self.peak, self.total_steps = peak, total_steps
+        self.initial_divisor, self.final_divisor, self.tail_fraction = initial_divisor, final_divisor, tail_fraction
+        self.start = peak / initial_divisor
+        self.tail = max(1, int(total_steps * tail_fraction))
+        self.half = max(1, (total_steps - self.tail) // 2)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        up = self.start + (self.peak - self.start) * step / self.half
+        down = self.peak - (self.peak - self.start) * (step - self.half) / self.half
+        end = self.start / self.final_divisor
+        anneal = self.start - (self.start - end) * keras.ops.minimum(
+            (step - 2 * self.half) / self.tail, 1.0)
+        return keras.ops.where(step < self.half, up, keras.ops.where(step < 2 * self.half, down, anneal))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "initial_divisor": self.initial_divisor,
+                "final_divisor": self.final_divisor, "tail_fraction": self.tail_fraction}

@@ -1,0 +1,121 @@
+"""Resume a killed run where it stopped: state kept per run key under cfg.state_dir.
+
+    <state_dir>/<run key>/lock              held while a process trains this config
+                          run.json          the MLflow run to continue
+                          epoch_0007/       weights + optimizer state, and progress.json
+                                            (epochs done, every epoch's logs, callback counters)
+
+Each epoch is written to a temporary folder and renamed into place, so a kill at any
+moment leaves the previous epoch intact. The backup is saved before the epoch's metrics
+go to MLflow; on resume, epochs in the backup but missing from MLflow are logged then,
+so every epoch is logged exactly once. The folder is removed when the run finishes.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from src.errors import TrackingError
+
+COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")  # EarlyStopping / ReduceLROnPlateau state
+
+
+class ResumeState:
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(root / "lock", "w")  # noqa: SIM115 (held for the life of the run)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrackingError(f"another process is training this exact config (lock {root / 'lock'}); "
+                                "wait for it or stop it") from None
+
+    @property
+    def run_id(self) -> str | None:
+        path = self.root / "run.json"
+        return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
+    def remember_run(self, run_id: str) -> None:
+        write_json(self.root / "run.json", {"run_id": run_id})
+
+    def latest(self) -> Path | None:
+        done = sorted(self.root.glob("epoch_[0-9][0-9][0-9][0-9]"))
+        return done[-1] if done else None
+
+    def progress(self) -> dict:
+        latest = self.latest()
+        return json.loads((latest / "progress.json").read_text()) if latest else {"epochs_done": 0, "history": []}
+
+    def restore(self, model: keras.Model, callbacks: list[keras.callbacks.Callback]) -> dict:
+        """Load the last finished epoch into model (built and compiled) and callbacks."""
+        latest = self.latest()
+        if latest is None:
+            return self.progress()
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(latest / "state.weights.h5")
+        progress = self.progress()
+        seeds = {v.path: v for v in model.non_trainable_variables if "seed_generator" in v.path}
+        for path, value in progress["seeds"].items():
+            if path in seeds:
+                seeds[path].assign(np.array(value, dtype=seeds[path].dtype))
+        for callback, counters in zip(callbacks, progress["callbacks"], strict=False):
+            for name, value in counters.items():
+                setattr(callback, name, value)
+        return progress
+
+    def save(self, model: keras.Model, callbacks: list, epochs_done: int, history: list[dict]) -> None:
+        final = self.root / f"epoch_{epochs_done:04d}"
+        partial = self.root / f".{final.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        model.save_weights(partial / "state.weights.h5")
+        progress = {
+            "epochs_done": epochs_done, "history": history,
+            "seeds": {v.path: np.asarray(v).tolist() for v in model.non_trainable_variables
+                      if "seed_generator" in v.path},
+            "callbacks": [{name: _plain(getattr(cb, name)) for name in COUNTERS if hasattr(cb, name)}
+                          for cb in callbacks],
+        }
+        write_json(partial / "progress.json", progress)
+        shutil.rmtree(final, ignore_errors=True)  # only there if this epoch was saved before a crash
+        os.replace(partial, final)
+        for older in self.root.glob("epoch_[0-9][0-9][0-9][0-9]"):
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
+
+    def finish(self) -> None:
+        """The run is recorded: drop the state (the lock goes with the process)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._lock.close()
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves the resume state at the end of every epoch, with the logs of all epochs so far."""
+
+    def __init__(self, state: ResumeState, history: list[dict], watched: list[keras.callbacks.Callback]):
+        super().__init__()
+        self.state, self.history, self.watched = state, history, watched
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({key: float(value) for key, value in logs.items()})
+        if np.isfinite(logs.get("loss", 0.0)):  # never resume from a diverged state
+            self.state.save(self.model, self.watched, epoch + 1, self.history)
+
+
+def write_json(path: Path, value) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)
+
+
+def _plain(value):
+    return float(value) if isinstance(value, np.floating | np.integer) else value

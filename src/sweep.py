@@ -1,0 +1,114 @@
+"""Hydra's basic sweeper, made safe for long sweeps (hydra/sweeper=validating, the default).
+
+1. Every job's config is composed and validated before the first job trains: a typo in
+   job 7 stops the sweep at once, not after six trained models.
+2. The sweep is one MLflow parent run; each job finds its id in <sweep dir>/mlflow_parent.json
+   and becomes a child run (also when launchers run jobs in other processes or machines).
+   The parent ends FINISHED, FAILED (with the failed jobs named) or KILLED, whatever happens.
+3. Jobs that fail do not stop the others; the sweep then exits with one line per failure.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf, open_dict
+
+from src.config import validate
+from src.errors import ConfigError, LabError
+
+log = logging.getLogger(__name__)
+PARENT_FILE = "mlflow_parent.json"
+
+
+class ValidatingSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> Any:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        batches = self.split_arguments(overrides, self.max_batch_size)
+        jobs = [list(job) for batch in batches for job in batch]
+        configs = [self.job_config(job) for job in jobs]
+        log.info("validated the configs of all %d jobs", len(jobs))
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        parent = ParentRun(configs[0], sweep_dir, arguments, len(jobs))
+        results, failures, index = [], [], 0
+        try:
+            for batch in batches:
+                returns = self.launcher.launch(batch, initial_job_idx=index)
+                for offset, job_return in enumerate(returns):
+                    if job_return.status == JobStatus.FAILED:
+                        failures.append((index + offset, batch[offset], job_error(job_return)))
+                index += len(batch)
+                results.append(returns)
+        except BaseException as error:
+            parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
+            raise
+        report_failures(failures, len(jobs), parent)
+        parent.end("FINISHED")
+        return results
+
+    def job_config(self, job: list[str]) -> dict:
+        """Compose one job's config as its process will, and validate it."""
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return validate(cfg)
+        except ConfigError as error:
+            raise ConfigError(f"job ({' '.join(job)}): {error}; nothing was trained") from None
+
+
+def job_error(job_return) -> BaseException:
+    try:
+        job_return.return_value  # raises the job's exception
+    except BaseException as error:  # noqa: BLE001 (collected, reported after the other jobs)
+        return error
+    return RuntimeError("job failed without an exception")
+
+
+def report_failures(failures: list, n_jobs: int, parent: "ParentRun") -> None:
+    if not failures:
+        return
+    lines = [f"job {index} ({' '.join(job)}): {error}" for index, job, error in failures]
+    parent.end("FAILED", "; ".join(lines))
+    for index, job, error in failures:
+        if not isinstance(error, LabError):
+            raise error  # a bug, not a user problem: keep its traceback
+    raise LabError(f"{len(failures)} of {n_jobs} jobs failed: " + " | ".join(lines))
+
+
+class ParentRun:
+    """The sweep's MLflow parent run, created in the launching process before any job."""
+
+    def __init__(self, config: dict, sweep_dir: Path, arguments: list[str], n_jobs: int):
+        from src import tracking  # noqa: PLC0415 (MLflow only when a sweep really runs)
+
+        self.client = tracking.connect(config["tracking"])  # creates the schema before parallel jobs race
+        experiment_id = tracking.ensure_experiment(self.client, config["name"], config["tracking"])
+        tags = {f"{tracking.TAG}sweep_dir": str(sweep_dir), f"{tracking.TAG}overrides": " ".join(arguments),
+                f"{tracking.TAG}jobs": str(n_jobs), **tracking.git_tags()}
+        self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "experiment_id": experiment_id}))
+        self.ended = False
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        if self.ended:
+            return
+        if reason:
+            self.client.set_tag(self.run_id, "ch11.failure", reason[:5000])
+        self.client.set_terminated(self.run_id, status)
+        self.ended = True
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    """The parent run of the sweep a job belongs to (None outside a validating sweep)."""
+    path = Path(sweep_dir) / PARENT_FILE
+    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+

@@ -1,0 +1,161 @@
+"""MLflow: where runs go, how they start, resume and end, what identifies them.
+
+The store is explicit and absolute (tracking.uri, else MLFLOW_TRACKING_URI, else
+sqlite:///<repo>/mlflow.db with artifacts in <repo>/mlartifacts), so runs land in the
+same place whatever the working directory. It is checked before any training starts.
+"""
+
+import hashlib
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from src.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_URI = f"sqlite:///{REPO / 'mlflow.db'}"
+TAG = "ch11."  # prefix of our own tags
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def tracking_uri(tracking: dict) -> str:
+    return tracking["uri"] or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def connect(tracking: dict) -> MlflowClient:
+    """A client for the configured store, or a TrackingError that says how to fix it."""
+    uri = tracking_uri(tracking)
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri)
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
+    except (MlflowException, OSError) as error:
+        raise TrackingError(f"MLflow store {uri} is not usable ({first_line(error)}); "
+                            "fix tracking.uri / MLFLOW_TRACKING_URI") from None
+    return client
+
+
+def probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(error, 'reason', error)}); "
+                            "start it or point tracking.uri / MLFLOW_TRACKING_URI elsewhere") from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking: dict) -> str:
+    """The id of experiment `name`, created (with our artifact location) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(tracking))
+    except MlflowException:  # created meanwhile by a parallel job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def artifact_location(tracking: dict) -> str | None:
+    """Explicit, else beside a local SQLite store (MLflow's default is ./mlruns of the cwd)."""
+    if tracking["artifact_location"]:
+        return Path(tracking["artifact_location"]).resolve().as_uri()
+    uri = tracking_uri(tracking)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None  # a tracking server decides
+
+
+def find_finished(client: MlflowClient, experiment_id: str, run_key: str):
+    runs = client.search_runs([experiment_id], f"tags.`{TAG}run_key` = '{run_key}' and attributes.status = 'FINISHED'",
+                              max_results=1, order_by=["attributes.end_time DESC"])
+    return runs[0] if runs else None
+
+
+def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, parent_run_id: str | None,
+              run_name: str, tags: dict[str, str]) -> str:
+    """Start (or, after a crash, continue) the job's run as the process's active MLflow run."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: it would swallow this run
+    if resume_id is not None:
+        try:
+            if client.get_run(resume_id).info.lifecycle_stage == "active":
+                return mlflow.start_run(run_id=resume_id).info.run_id
+        except MlflowException:
+            pass  # deleted from the store: start afresh
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    return run.info.run_id
+
+
+def end_run(status: str, reason: str | None = None) -> None:
+    if reason:
+        mlflow.set_tag(f"{TAG}failure", reason[:5000])
+    mlflow.end_run(status)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    logged = client.get_run(run_id).data.params
+    fresh = [Param(key, str(value)[:6000]) for key, value in params.items() if key not in logged]
+    for start in range(0, len(fresh), 100):
+        client.log_batch(run_id, params=fresh[start : start + 100])
+
+
+def metric_sink(client: MlflowClient, run_id: str):
+    def sink(step: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+        for start in range(0, len(batch), BATCH):
+            client.log_batch(run_id, metrics=batch[start : start + BATCH], synchronous=True)
+    return sink
+
+
+def logged_steps(client: MlflowClient, run_id: str, key: str = "loss") -> set[int]:
+    return {metric.step for metric in client.get_metric_history(run_id, key)}
+
+
+def metric_histories(client: MlflowClient, run_id: str, prefixes: tuple[str, ...]) -> dict[str, list]:
+    """{key: [(step, value), ...]} for every metric of the run whose name starts with a prefix."""
+    keys = [key for key in client.get_run(run_id).data.metrics if key.startswith(prefixes)]
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def is_finished(status: str) -> bool:
+    return status == RunStatus.to_string(RunStatus.FINISHED)
+
+
+# -- what identifies a result: config, code and data -----------------------------------------
+
+def code_hash() -> str:
+    """SHA-256 over the source and config files (tracked or not, committed or not)."""
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("src/**/*.py"), *REPO.glob("conf/**/*.yaml")]):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {f"{TAG}git_dirty": "unknown (not a git checkout)"}
+    return {"mlflow.source.git.commit": commit, f"{TAG}git_dirty": str(bool(git("status", "--porcelain")))}
+
+
+def first_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]

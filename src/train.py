@@ -1,0 +1,197 @@
+"""Train any chapter-11 configuration and record it in MLflow.
+
+    python -m src.train                                 # conf/config.yaml as it stands
+    python -m src.train optimizer=nadam model.depth=5   # any value, any group option
+    python -m src.train -m optimizer=adam,nadam         # a sweep: parent run + one child per job
+    python -m src.train --help | --cfg job              # the groups and the resolved config
+
+main() is the thin Hydra wrapper; train(cfg) is the whole job and can be called directly:
+validate -> connect to MLflow -> skip if this exact config already finished -> resume or
+start the run -> fit and evaluate -> log model, figures, config -> end the run.
+TensorFlow and MLflow are imported only when a job trains, so --help answers at once.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from src.cli import USER_ERROR_EXIT
+from src.config import config_hash, flatten, validate
+from src.errors import LabError
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("src.train")
+
+
+def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: str | None = None,
+          overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Run one job; returns its test metrics, run id and whether it was skipped."""
+    config = validate(cfg)
+    from src import tracking  # noqa: PLC0415 (heavy imports: only when a job really runs)
+    from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
+    from src.resume import ResumeState  # noqa: PLC0415
+
+    client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
+    experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
+    prepared = load_prepared(in_repo(config["data"]["path"]))
+    identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash())
+    if not config["force"] and (done := tracking.find_finished(client, experiment_id, identity["run_key"])):
+        log.info("skipped: this exact config, code and data finished as run %s (force=true re-runs it)",
+                 done.info.run_id)
+        return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
+
+    data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"])
+    state = ResumeState(in_repo(config["state_dir"]) / identity["run_key"])
+    tags = {**{f"{tracking.TAG}{key}": value for key, value in identity.items()}, **tracking.git_tags(),
+            **override_tags(overrides), f"{tracking.TAG}dataset": config["data"]["name"]}
+    run_id = tracking.start_run(client, experiment_id, state.run_id, parent_run_id,
+                                " ".join(overrides)[:100] or "default", tags)
+    state.remember_run(run_id)
+    try:
+        with workspace(workdir) as folder:
+            result = record(config, data, client, run_id, state, folder)
+    except BaseException as error:
+        tracking.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
+                         tracking.first_line(error) or type(error).__name__)
+        state.release()  # kept: the same command resumes from the last finished epoch
+        raise
+    tracking.end_run("FINISHED")
+    state.finish()
+    return {**result, "run_id": run_id, "skipped": False}
+
+
+def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict:
+    """Inside the open run: params, dataset, training, metrics, model, figures, config."""
+    import mlflow  # noqa: PLC0415
+
+    from src import engine, figures, tracking  # noqa: PLC0415
+
+    tracking.log_params(client, run_id, flatten(config))
+    sink = tracking.metric_sink(client, run_id)
+    progress = state.progress()
+    if progress["epochs_done"] == 0:
+        mlflow.log_input(dataset_input(config, data), context="training")
+    logged = tracking.logged_steps(client, run_id)
+    for epoch, logs in enumerate(progress["history"], start=1):  # backed up, not yet logged: the crash window
+        if epoch not in logged:
+            sink(epoch, logs)
+
+    result = engine.fit_and_evaluate(config, data, state, sink, folder)
+    model, example = result.pop("model"), result.pop("example")
+    sink(result["epochs_run"], result)
+    if config["tracking"]["log_model"]:
+        log_model(engine.inference_copy(model), example)
+    OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
+    mlflow.log_artifact(str(folder / "config.yaml"))
+    if (folder / ".hydra").is_dir():
+        mlflow.log_artifacts(str(folder / ".hydra"), "hydra")
+    history = tracking.metric_histories(client, run_id, ("loss", "accuracy", "val_", "learning_rate", "grad_norm/",
+                                                         "act_std/"))
+    mlflow.log_artifact(str(figures.learning_curves(history, folder / "learning_curves.png")), "figures")
+    if config["diagnostics"]["enabled"]:
+        mlflow.log_artifact(str(figures.gradients_by_depth(history, folder / "gradients.png")), "figures")
+    return result
+
+
+def log_model(model, example) -> None:
+    import keras  # noqa: PLC0415
+    import mlflow  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+    from mlflow.keras import save as keras_save  # noqa: PLC0415
+    from mlflow.models import infer_signature  # noqa: PLC0415
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # mlflow.keras writes the input example before creating the model folder (mlflow#16183,
+    # open in 3.17): create the folder first. Pinned requirements: MLflow's own inference
+    # would re-import the world, seconds per run.
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, example, path, *args, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, example, path, *args, **kwargs)
+
+    keras_save._save_example = save_example
+    try:
+        mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
+                               pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+    finally:
+        keras_save._save_example = original
+
+
+def dataset_input(config: dict, data):
+    from mlflow.data.meta_dataset import MetaDataset  # noqa: PLC0415
+    from mlflow.data.sources import LocalArtifactDatasetSource  # noqa: PLC0415
+
+    return MetaDataset(LocalArtifactDatasetSource(str(data.path)), name=config["data"]["name"],
+                       digest=data.meta["npz_sha256"][:20])
+
+
+def run_identity(config: dict, data_hash: str, code: str) -> dict[str, str]:
+    """What makes a result: resolved config, code version, data. The run key covers all three."""
+    import hashlib  # noqa: PLC0415
+
+    identity = {"config_hash": config_hash(config), "code_hash": code, "data_hash": data_hash}
+    identity["run_key"] = hashlib.sha256("|".join(identity.values()).encode()).hexdigest()[:24]
+    return identity
+
+
+def override_tags(overrides) -> dict[str, str]:
+    tags = {f"override.{item.split('=', 1)[0].lstrip('+~')}": item.split("=", 1)[-1] for item in overrides}
+    return {**tags, "ch11.overrides": " ".join(overrides)} if overrides else tags
+
+
+def in_repo(path: str) -> Path:
+    """Config paths are relative to the repository root, whatever the working directory."""
+    return Path(path) if Path(path).is_absolute() else REPO / path
+
+
+@contextlib.contextmanager
+def workspace(workdir: Path | None):
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+    else:
+        with tempfile.TemporaryDirectory(prefix="ch11-run-") as folder:
+            yield Path(folder)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from src.sweep import parent_run_id  # noqa: PLC0415
+
+    hydra_config = HydraConfig.get()
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    return train(cfg, Path(hydra_config.runtime.output_dir), parent_run_id(hydra_config.sweep.dir) if in_sweep else None,
+                 list(hydra_config.overrides.task))
+
+
+def cli() -> None:
+    """main() with every user mistake, Hydra's included, as one line and exit code 2."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing its own report
+    try:
+        main()
+    except (LabError, HydraException, OmegaConfBaseException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def one_line(error: BaseException) -> str:
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines():
+        text += f" ({str(cause).splitlines()[0]})"
+    return text
+
+
+if __name__ == "__main__":
+    cli()
