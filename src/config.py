@@ -9,6 +9,7 @@ becomes one ConfigError line that names the key, the value and the fix.
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -48,8 +49,8 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
                 f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}")
 
     def rule(value):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            return f"must be a number in {interval}"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"must be a finite number in {interval}"
         below = low is not None and (value <= low if low_open else value < low)
         above = high is not None and (value >= high if high_open else value > high)
         if below or above:
@@ -78,7 +79,7 @@ def text(value) -> str | None:
 def safe_name(value) -> str | None:
     # Used in directory names and MLflow experiment names: no separators, no traversal.
     ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value)
-    return None if ok else "must be letters, digits, '_', '-' or '.', starting with a letter or digit"
+    return None if ok else "must be text of letters, digits, '_', '-' or '.' (not only digits), starting with a letter or digit"
 
 
 def int_list(length: int | None = None, low: int = 1) -> Rule:
@@ -183,7 +184,12 @@ def check_section(values: Any, schema: dict, where: str) -> None:
         if isinstance(rule, dict):
             check_section(values[key], rule, f"{where}{key}.")
         elif (problem := rule(values[key])) is not None:
-            raise ConfigError(f"{where}{key}={values[key]!r} {problem}; fix it on the command line or in conf/")
+            raise ConfigError(f"{where}{key}={shown(values[key])} {problem}; fix it on the command line or in conf/")
+
+
+def shown(value: Any) -> str:
+    """A value as the user typed it: true, null, 3, fast (not Python's True, None, 'fast')."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def check_combinations(config: dict) -> None:

@@ -24,9 +24,10 @@ STEP_SCHEDULES = {
 
 def build_optimizer(cfg: dict, total_steps: int) -> keras.optimizers.Optimizer:
     """The optimizer of cfg.optimizer, with cfg.clipping and a per-step cfg.schedule if any."""
-    settings = dict(cfg["optimizer"])
+    settings = {**cfg["optimizer"], **{key: value for key, value in cfg["clipping"].items() if value is not None}}
     name = settings.pop("name")
-    settings.update({key: value for key, value in cfg["clipping"].items() if value is not None})
+    # Keras wants floats (`momentum=0` from the command line is an int): every number here is one.
+    settings = {key: float(value) if type(value) is int else value for key, value in settings.items()}
     schedule = cfg["schedule"]
     if schedule["name"] in STEP_SCHEDULES and schedule.get("per", "step") == "step":
         settings["learning_rate"] = STEP_SCHEDULES[schedule["name"]](settings["learning_rate"], schedule, total_steps)

@@ -38,18 +38,21 @@ class ValidatingSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs[0], sweep_dir, arguments, len(jobs))
-        results, failures, index = [], [], 0
+        results, failures, index, skipped = [], [], 0, 0
         try:
             for batch in batches:
                 returns = self.launcher.launch(batch, initial_job_idx=index)
                 for offset, job_return in enumerate(returns):
                     if job_return.status == JobStatus.FAILED:
                         failures.append((index + offset, batch[offset], job_error(job_return)))
+                    elif isinstance(job_return.return_value, dict) and job_return.return_value.get("skipped"):
+                        skipped += 1
                 index += len(batch)
                 results.append(returns)
         except BaseException as error:
             parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
             raise
+        parent.client.set_tag(parent.run_id, "ch11.skipped", str(skipped))  # finished before: not re-run
         report_failures(failures, len(jobs), parent)
         parent.end("FINISHED")
         return results

@@ -38,15 +38,13 @@ def connect(tracking: dict) -> MlflowClient:
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
-    elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError) as error:
         raise TrackingError(f"MLflow store {uri} is not usable ({first_line(error)}); "
                             "fix tracking.uri / MLFLOW_TRACKING_URI") from None
+    mlflow.set_tracking_uri(uri)
     return client
 
 

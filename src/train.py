@@ -31,6 +31,7 @@ from src.errors import LabError
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("src.train")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
 
 
 def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: str | None = None,
@@ -121,11 +122,13 @@ def log_model(model, example) -> None:
         return original(mlflow_model, example, path, *args, **kwargs)
 
     keras_save._save_example = save_example
+    keras.utils.disable_interactive_logging()  # MLflow checks the example with a predict() progress bar
     try:
         mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
                                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
     finally:
         keras_save._save_example = original
+        keras.utils.enable_interactive_logging()
 
 
 def dataset_input(config: dict, data):
@@ -171,8 +174,14 @@ def main(cfg: DictConfig) -> dict:
 
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
-    return train(cfg, Path(hydra_config.runtime.output_dir), parent_run_id(hydra_config.sweep.dir) if in_sweep else None,
-                 list(hydra_config.overrides.task))
+    try:
+        return train(cfg, Path(hydra_config.runtime.output_dir),
+                     parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
+    except LabError as error:
+        if in_sweep:
+            raise  # the sweeper reports it once the other jobs have run
+        print(f"error: {one_line(error)}", file=sys.stderr)  # before Hydra adds its own report
+        sys.exit(USER_ERROR_EXIT)
 
 
 def cli() -> None:
@@ -186,10 +195,17 @@ def cli() -> None:
 
 
 def one_line(error: BaseException) -> str:
-    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """Hydra's multi-line reports as one line: lists joined with commas, search path dropped."""
+    lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines() if line.strip()]
+    text, listing = (lines[0], lines[0].endswith(":")) if lines else ("", False)
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else ", ") + line if listing else (" " if text.endswith(".") else "; ") + line
+        listing = listing or line.endswith(":")
     cause = error.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines():
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         text += f" ({str(cause).splitlines()[0]})"
+    if "is not in struct" in text:
+        text += "; check the spelling: `python -m src.train --help` lists every key"
     return text
 
 

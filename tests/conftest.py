@@ -156,3 +156,18 @@ def cifar_tarball_mirror(tmp_path) -> tuple[Path, dict, dict]:
     spec = cifar_spec()
     spec["python_tarball"]["md5"] = hashlib.md5(path.read_bytes()).hexdigest()
     return mirror, spec, batches
+
+
+# -- real Fashion-MNIST, prepared once per session from the mirror --------------------------------
+
+@pytest.fixture(scope="session")
+def fashion_npz(tmp_path_factory) -> Path:
+    """data/prepared/fashion_mnist.npz built by the real download and prepare code from the mirror."""
+    from src.data.download import download
+    from src.data.prepare import prepare
+
+    mirror = require_mirror()
+    root = tmp_path_factory.mktemp("fashion")
+    download("fashion_mnist", PARAMS["download"]["fashion_mnist"], root / "raw", mirror)
+    prepare("fashion_mnist", root / "raw", root / "fashion_mnist.npz", PARAMS["prepare"]["fashion_mnist"])
+    return root / "fashion_mnist.npz"

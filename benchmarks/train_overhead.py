@@ -1,0 +1,172 @@
+"""Per-epoch cost of our tracked training against a bare Keras fit of the same model and data.
+
+    python -m benchmarks.train_overhead                       # 3 epochs x 3 repeats, full train set
+    python -m benchmarks.train_overhead --epochs 4 --repeats 5 --train-size 10000 --json out.json
+
+Target (the issue): with tracking and diagnostics on, an epoch costs at most 5% more than a
+bare model.fit. The config is conf/config.yaml as it stands, with force=true, MLflow in a
+fresh SQLite store and the resume state in a temporary folder (deleted at the end).
+
+  bare     engine.configure_runtime, then the model, optimizer, compile and tf.data pipelines
+           that src.engine builds, and model.fit(...) with no callbacks of ours.
+  tracked  src.train.train(cfg): the whole job (EpochStats, GradientDiagnostics, resume
+           Backup, MetricLogger to MLflow; then evaluation, model logging, figures).
+
+How an epoch is timed, the same way on both sides: a Clock callback appended after every
+callback fit is given (for train(), by wrapping keras.Model.fit while it runs) stamps the
+time when each epoch's on_epoch_end hooks are all done. Epoch k costs stamp(k) - stamp(k-1):
+its training steps, validation and *every* hook of ours (diagnostics measure + log, the resume
+backup, MLflow log_batch), which the logged epoch_time_s misses (EpochStats takes it before
+they run). Epoch 1 (tracing) is left out; once-per-run costs (model logging, evaluation,
+figures) fall outside every epoch. A run's number is its mean over epochs 2..E. Bare and
+tracked runs alternate in one process (bare, tracked, bare, ...) so machine noise hits both;
+the ratio is median(tracked) / median(bare) over the repeats. Also shown: each side's
+steps + validation time (epoch begin to end, minus our hooks) and each hook of ours, timed.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from src import engine  # noqa: E402
+from src.config import validate  # noqa: E402
+from src.data.load import load_prepared, make_datasets, reshape_splits, steps_per_epoch  # noqa: E402
+from src.models import BUILDERS  # noqa: E402
+from src.optim import build_optimizer  # noqa: E402
+from src.train import REPO, in_repo, train  # noqa: E402
+
+TARGET = 1.05
+VERBOSE = 1 if sys.stdout.isatty() else 2  # what src.engine passes to fit
+
+
+class Clock(keras.callbacks.Callback):
+    """Stamps each epoch's begin, and its end once every other on_epoch_end hook has run."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins, self.ends, self.hooks = [], [], {}  # hooks: name -> seconds per epoch (2..E)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def result(self) -> dict:
+        """Means over epochs 2..E: whole epoch, steps + validation, each hook of ours."""
+        hooks = {name: statistics.mean(values) for name, values in self.hooks.items()}
+        inside = statistics.mean(end - begin for begin, end in zip(self.begins[1:], self.ends[1:], strict=True))
+        return {"epoch": (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1),
+                "steps": inside - sum(hooks.values()), "hooks": hooks}
+
+
+def timed(callback: keras.callbacks.Callback, hooks: dict[str, list[float]]) -> None:
+    inner, name = callback.on_epoch_end, type(callback).__name__
+
+    def on_epoch_end(epoch, logs=None):
+        start = time.perf_counter()
+        inner(epoch, logs)
+        if epoch > 0:
+            hooks.setdefault(name, []).append(time.perf_counter() - start)
+    callback.on_epoch_end = on_epoch_end
+
+
+@contextlib.contextmanager
+def clocked_fit(clock: Clock):
+    """While open, keras.Model.fit times its callbacks' on_epoch_end and runs clock after them."""
+    original = keras.Model.fit
+
+    def fit(model, *args, callbacks=None, **kwargs):
+        for callback in callbacks or []:
+            timed(callback, clock.hooks)
+        return original(model, *args, callbacks=[*(callbacks or []), clock], **kwargs)
+
+    keras.Model.fit = fit
+    try:
+        yield
+    finally:
+        keras.Model.fit = original
+
+
+def bare_fit(config: dict, data, clock: Clock) -> None:
+    """src.engine.fit_and_evaluate up to fit, without our callbacks."""
+    engine.configure_runtime(config)
+    x_train, batch, epochs, d = data.split("train")[0], config["batch_size"], config["epochs"], config["data"]
+    steps = steps_per_epoch(len(x_train), batch)
+    model = BUILDERS[config["model"]["name"]](config["model"], x_train.shape[1:], len(data.class_names))
+    model.compile(optimizer=build_optimizer(config, total_steps=steps * epochs), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
+    pipelines = make_datasets(data, batch, scale=d["scale"], flatten=d["flatten"], resize=d["resize"],
+                              seed=config["seed"], epochs=epochs)
+    model.fit(pipelines["train"], epochs=epochs, steps_per_epoch=steps, validation_data=pipelines["valid"],
+              callbacks=[clock], shuffle=False, verbose=VERBOSE)
+
+
+def measure(epochs: int, repeats: int, train_size: int | None) -> dict[str, list[dict]]:
+    store = Path(tempfile.mkdtemp(prefix="ch11-bench-"))
+    try:
+        overrides = [f"tracking.uri=sqlite:///{store}/mlflow.db", f"state_dir={store}/state", "name=bench",
+                     "force=true", f"epochs={epochs}", f"data.train_size={train_size or 'null'}"]
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            cfg = compose("config", overrides=overrides)
+        config = validate(cfg)  # plain dicts, as the engine sees them
+        data = reshape_splits(load_prepared(in_repo(config["data"]["path"])), config["data"]["train_size"],
+                              config["validation_split"])
+        runs = {"bare": [], "tracked": []}
+        for repeat in range(repeats):
+            bare_fit(config, data, clock := Clock())
+            runs["bare"].append(clock.result())
+            with clocked_fit(clock := Clock()):
+                train(cfg)
+            runs["tracked"].append(clock.result())
+            print(f"repeat {repeat + 1}/{repeats}: " + ", ".join(
+                f"{side} {values[-1]['epoch']:.3f} s/epoch" for side, values in runs.items()), flush=True)
+        return runs
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run, >= 2 (epoch 1 is not timed)")
+    parser.add_argument("--repeats", type=int, default=3, help="bare/tracked pairs")
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images (default: all)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if args.epochs < 2 or args.repeats < 1:
+        parser.error("--epochs must be >= 2 and --repeats >= 1")
+    began = time.perf_counter()
+    runs = measure(args.epochs, args.repeats, args.train_size)
+
+    stats = {side: {"median": statistics.median(run["epoch"] for run in values),
+                    "min": min(run["epoch"] for run in values), "max": max(run["epoch"] for run in values),
+                    "steps": statistics.median(run["steps"] for run in values)} for side, values in runs.items()}
+    hooks = {name: statistics.median(run["hooks"][name] for run in runs["tracked"]) for name in runs["tracked"][0]["hooks"]}
+    ratio = stats["tracked"]["median"] / stats["bare"]["median"]
+    print(f"\ns/epoch, epochs 2..{args.epochs} of {args.repeats} runs each   median     min     max  steps+valid")
+    for side, row in stats.items():
+        print(f"{side:<38}" + "".join(f"{row[key]:>8.3f}" for key in ("median", "min", "max")) + f"{row['steps']:>13.3f}")
+    print("our on_epoch_end hooks, median s/epoch: " + ", ".join(f"{name} {s:.4f}" for name, s in hooks.items()))
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    print(f"overhead: tracked/bare epoch time = {ratio:.2f} (median of {args.repeats}; target <= {TARGET}: {verdict})")
+    seconds = time.perf_counter() - began
+    print(f"benchmark took {seconds:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"epochs": args.epochs, "repeats": args.repeats, "train_size": args.train_size,
+                                         "runs": runs, "stats": stats, "hooks_s": hooks, "ratio": ratio,
+                                         "target": TARGET, "met": ratio <= TARGET, "seconds": seconds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The training engine end to end: the real config, shrunk, on a few hundred real
+Fashion-MNIST images, into a temporary MLflow store read back with MlflowClient."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from src.errors import TrackingError, TrainingError
+from src.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def make_config(fashion_npz, store, tmp_path):
+    """compose(overrides) -> the real config, pointed at the test data, store and state dir."""
+    def make(*overrides: str):
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            return compose("config", [*shrunk(fashion_npz, store, tmp_path), *overrides])
+    return make
+
+
+def shrunk(fashion_npz: Path, store: str, tmp_path: Path, train_size: int = 500) -> list[str]:
+    return [f"data.path={fashion_npz}", f"data.train_size={train_size}", "epochs=2", "name=test",
+            f"tracking.uri={store}", f"state_dir={tmp_path / 'state'}"]
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def runs(store: str, name: str = "test") -> list:
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"]) if experiment else []
+
+
+def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, store, tmp_path, fashion_npz):
+    cfg = make_config("model.dropout=0.2", "mc_dropout_samples=3", "schedule=one_cycle", "optimizer=nadam",
+                      "optimizer.learning_rate=0.01")
+    result = train(cfg, workdir=tmp_path / "job", overrides=["model.dropout=0.2", "schedule=one_cycle"])
+    client = MlflowClient(store)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and not result["skipped"]
+    assert run.data.params["model.depth"] == "3" and run.data.params["optimizer.name"] == "nadam"
+    assert run.data.params["schedule.name"] == "one_cycle" and run.data.params["data.train_size"] == "500"
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s"):
+        assert [step for step, _ in history(client, run.info.run_id, key)] == [1, 2], key
+    assert [step for step, _ in history(client, run.info.run_id, "grad_norm/hidden_01")] == [0, 1, 2]
+    assert {"grad_norm/output", "act_mean/hidden_03", "act_std/hidden_03"} <= set(run.data.metrics)
+    assert 0.3 < run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert 0.3 < run.data.metrics["test_mc_dropout_accuracy"] <= 1
+    tags = run.data.tags
+    assert len(tags["ch11.config_hash"]) == 64 and len(tags["ch11.code_hash"]) == 64
+    assert tags["ch11.data_hash"] == __import__("json").loads(fashion_npz.with_suffix(".json").read_text())["npz_sha256"]
+    assert tags["override.schedule"] == "one_cycle" and tags["ch11.overrides"] == "model.dropout=0.2 schedule=one_cycle"
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["ch11.git_dirty"] in ("True", "False")
+    assert run.inputs.dataset_inputs[0].dataset.name == "fashion_mnist"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "figures"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "figures")} == {
+        "figures/learning_curves.png", "figures/gradients.png"}
+
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    from src.data.load import load_prepared
+    x_test, y_test = load_prepared(fashion_npz).split("test")
+    accuracy = np.mean(model.predict(x_test / 255.0, verbose=0).argmax(axis=1) == y_test)
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
+    logged = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert logged.signature is not None and logged.saved_input_example_info is not None
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())  # removed on success
+
+
+def test_same_config_and_seed_give_identical_metrics_in_deterministic_mode(make_config, store):
+    first = train(make_config("deterministic=true", "force=true"))
+    second = train(make_config("deterministic=true", "force=true"))
+    client = MlflowClient(store)
+    assert first["run_id"] != second["run_id"]
+    for key in ("loss", "val_accuracy", "grad_norm/hidden_02"):
+        assert history(client, first["run_id"], key) == history(client, second["run_id"], key)
+    assert first["test_accuracy"] == second["test_accuracy"]
+
+
+def test_a_nan_loss_ends_the_run_failed_with_the_reason(make_config, store):
+    with pytest.raises(TrainingError, match="NaN at epoch 1"):
+        train(make_config("optimizer.learning_rate=100"))
+    (run,) = runs(store)
+    assert run.info.status == "FAILED" and "NaN" in run.data.tags["ch11.failure"]
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:////proc/no/such/dir/mlflow.db"])
+def test_an_unusable_tracking_store_fails_fast_before_training(make_config, uri, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="MLflow"):
+        train(make_config(f"tracking.uri={uri}"))
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / "state").exists()
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+
+
+def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_npz, store, tmp_path, cli_env):
+    args = ["-m", "optimizer=adam,nadam", *shrunk(fashion_npz, store, tmp_path, train_size=300),
+            "epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = cli(*args, env=cli_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    parents = [run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+    assert {run.data.params["optimizer.name"] for run in children} == {"adam", "nadam"}
+    assert all(run.info.status == "FINISHED" for run in runs(store))
+
+    again = cli(*args[:-1], f"hydra.sweep.dir={tmp_path / 'sweep2'}", env=cli_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("skipped: this exact config") == 2
+    second_parent = next(run for run in runs(store) if run.info.run_id != parents[0].info.run_id
+                         and "mlflow.parentRunId" not in run.data.tags)
+    assert second_parent.data.tags["ch11.skipped"] == "2"
+    assert len(runs(store)) == 4  # two parents, the same two children
+
+
+def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(fashion_npz, store, tmp_path, cli_env):
+    args = [*shrunk(fashion_npz, store, tmp_path, train_size=3000), "epochs=4", "deterministic=true",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "state").glob("*/epoch_0002")) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job never finished epoch 2"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    (killed,) = runs(store)
+    assert killed.info.status == "RUNNING" and len(history(MlflowClient(store), killed.info.run_id, "loss")) < 4
+
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at epoch 3 of 4" in resumed.stdout + resumed.stderr
+    (run,) = runs(store)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+
+    uninterrupted = cli(*args, "name=reference", env=cli_env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    (reference,) = runs(store, "reference")
+    client = MlflowClient(store)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        logged = history(client, run.info.run_id, key)
+        assert [step for step, _ in logged] == [1, 2, 3, 4], key  # each epoch exactly once
+        assert logged == history(client, reference.info.run_id, key), key
+    assert run.data.metrics["test_accuracy"] == reference.data.metrics["test_accuracy"]
