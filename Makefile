@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test data dag lock clean
+.PHONY: help install run test data dag ui lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,11 @@ test: $(STAMP) ## Run the whole test suite
 
 dag: $(STAMP) ## Show the pipeline graph
 	$(BIN)/dvc dag
+
+ui: $(STAMP) ## Browse the local MLflow store at http://127.0.0.1:5000
+	@echo "MLflow UI on http://127.0.0.1:5000 (store: $(CURDIR)/mlflow.db); Ctrl-C stops it"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts \
+		--host 127.0.0.1 --port 5000
 
 lock: ## Re-resolve pyproject.toml into requirements.lock (needs the package index)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 History = dict[str, list[tuple[int, float]]]
 
@@ -47,6 +48,7 @@ def gradients_by_depth(history: History, path: Path) -> Path:
     right.set(xlabel="hidden layer", ylabel="activation std", title="activations by depth")
     for axis in (left, right):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(steps) <= 12:
         left.legend(fontsize=7)
     return save(figure, path)

@@ -1,0 +1,134 @@
+"""The parts a run is built from: models, optimizers, schedules, diagnostics, splits."""
+
+import keras
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from src.callbacks import GradientDiagnostics
+from src.config import validate
+from src.data.load import load_prepared, reshape_splits
+from src.models import build_mlp, kernel_layers, mc_dropout_model
+from src.optim import OneCycle, build_optimizer, schedule_callbacks
+
+
+def config(*overrides: str) -> dict:
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return validate(compose("config", list(overrides)))
+
+
+def layer_types(model: keras.Model) -> list[str]:
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_the_default_mlp_is_the_books_3x100_relu_he_model():
+    model = build_mlp(config()["model"], (28, 28), 10)
+    dense = kernel_layers(model)
+    assert [layer.units for layer in dense] == [100, 100, 100, 10]
+    assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in dense[:-1])
+    assert model.count_params() == 784 * 100 + 100 + 2 * (100 * 100 + 100) + 100 * 10 + 10
+
+
+def test_batch_norm_before_the_activation_drops_the_dense_bias():
+    before = build_mlp(config("model.batch_norm=before", "model.input_batch_norm=true")["model"], (28, 28), 10)
+    assert layer_types(before)[:5] == ["Flatten", "BatchNormalization", "Dense", "BatchNormalization", "Activation"]
+    assert all(not layer.use_bias for layer in kernel_layers(before)[:-1])
+    after = build_mlp(config("model.batch_norm=after")["model"], (28, 28), 10)
+    assert layer_types(after)[1:4] == ["Dense", "Activation", "BatchNormalization"]
+    assert all(layer.use_bias for layer in kernel_layers(after))
+
+
+@pytest.mark.parametrize(("activation", "kind"), [("leaky_relu", "LeakyReLU"), ("prelu", "PReLU"),
+                                                  ("selu", "Activation"), ("mish", "Activation")])
+def test_every_activation_builds(activation, kind):
+    model = build_mlp(config(f"model.activation={activation}", "model.leaky_slope=0.1")["model"], (28, 28), 10)
+    layer = model.get_layer("hidden_01_act")
+    assert type(layer).__name__ == kind
+    if activation == "leaky_relu":
+        assert layer.negative_slope == pytest.approx(0.1)
+
+
+def test_regularisation_options_reach_the_layers():
+    cfg = config("model.dropout=0.1", "model.dropout_kind=alpha_dropout", "model.activation=selu", "model.l2=0.01",
+                 "model.max_norm=1.0", "model.kernel_initializer=variance_scaling", "data.scale=standard")
+    model = build_mlp(cfg["model"], (28, 28), 10)
+    hidden = model.get_layer("hidden_01")
+    assert isinstance(hidden.kernel_regularizer, keras.regularizers.L2) and hidden.kernel_constraint.max_value == 1.0
+    assert hidden.kernel_initializer.mode == "fan_avg" and hidden.kernel_initializer.scale == 2.0
+    assert isinstance(model.get_layer("hidden_01_dropout"), keras.layers.AlphaDropout)
+
+
+def test_mc_dropout_samples_at_inference_and_keeps_the_weights():
+    model = build_mlp(config("model.dropout=0.5")["model"], (28, 28), 10)
+    images = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+    sampler = mc_dropout_model(model)
+    assert np.allclose(model(images), model(images))  # plain inference: dropout off
+    assert not np.allclose(sampler(images), sampler(images))  # MC: a new mask each pass
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), sampler.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("option", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamax",
+                                    "nadam", "adamw"])
+def test_every_optimizer_builds_with_its_settings_and_clipping(option):
+    cfg = config(f"optimizer={option}", "clipping=global_norm", "clipping.global_clipnorm=2")
+    optimizer = build_optimizer(cfg, total_steps=100)
+    assert optimizer.global_clipnorm == 2.0
+    assert float(optimizer.learning_rate) == pytest.approx(cfg["optimizer"]["learning_rate"])
+    if option == "nesterov":
+        assert optimizer.nesterov and optimizer.momentum == 0.9
+
+
+@pytest.mark.parametrize(("option", "step", "expected"), [
+    ("exponential", 20_000, 0.001), ("inverse_time", 10_000, 0.005), ("piecewise", 60_000, 0.005)])
+def test_per_step_schedules_follow_the_books_formulas(option, step, expected):
+    optimizer = build_optimizer(config(f"schedule={option}"), total_steps=100_000)  # lr0 = 0.01
+    optimizer.iterations.assign(step)
+    assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_epoch_schedules_are_callbacks_with_the_books_functions():
+    (exponential,) = schedule_callbacks(config("schedule=exponential_epoch"))
+    assert exponential.schedule(20) == pytest.approx(0.001) and exponential.schedule(10) == pytest.approx(0.01 * 0.1**0.5)
+    (piecewise,) = schedule_callbacks(config("schedule=piecewise_epoch"))
+    assert [piecewise.schedule(epoch) for epoch in (0, 4, 5, 14, 15)] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.001])
+    (plateau,) = schedule_callbacks(config("schedule=plateau"))
+    assert plateau.factor == 0.5 and plateau.patience == 5
+    assert schedule_callbacks(config("schedule=exponential")) == []  # per step: inside the optimizer
+
+
+def test_one_cycle_rises_to_the_peak_then_anneals_far_below_the_start():
+    schedule = OneCycle(peak=0.1, total_steps=1000)
+    rates = [float(schedule(step)) for step in range(1000)]
+    peak_at = int(np.argmax(rates))
+    assert rates[0] == pytest.approx(0.01) and max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert 400 <= peak_at <= 460 and rates[900] == pytest.approx(0.01, rel=0.05)
+    assert float(schedule(1000)) == pytest.approx(0.01 / 1000, rel=1e-3)  # after the last step
+    assert OneCycle.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_gradient_diagnostics_measure_without_changing_the_model():
+    model = build_mlp(config("model.batch_norm=after", "model.dropout=0.2", "model.depth=4")["model"], (28, 28), 10)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)
+    labels = np.arange(64) % 10
+    logged = []
+    diagnostics = GradientDiagnostics(images, labels, lambda step, values: logged.append((step, values)))
+    diagnostics.set_model(model)
+    before = [variable.numpy().copy() for variable in model.variables]
+    values = diagnostics.measure(0)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables, strict=True))
+    assert set(values) >= {"grad_norm/hidden_01", "grad_norm/output", "act_mean/hidden_04", "act_std/hidden_04"}
+    assert all(np.isfinite(value) and value >= 0 for key, value in values.items() if key.startswith("grad"))
+    assert values == diagnostics.measure(0)  # same batch, same state: same numbers
+
+
+def test_validation_split_holds_out_the_end_of_the_full_training_file(fashion_npz):
+    data = load_prepared(fashion_npz)
+    held = reshape_splits(data, validation_split=0.1)
+    full_x = np.concatenate([data.split("train")[0], data.split("valid")[0]])  # valid = the file's last 5,000
+    assert len(held.split("train")[0]) == 54_000 and len(held.split("valid")[0]) == 6_000
+    assert np.array_equal(held.split("valid")[0], full_x[-6_000:])
+    small = reshape_splits(data, train_size=1_000, validation_split=0.1)
+    assert len(small.split("train")[0]) == 900 and np.array_equal(small.split("valid")[0], full_x[900:1000])
+    assert np.array_equal(small.split("test")[0], data.split("test")[0])
