@@ -1,6 +1,6 @@
 """Per-epoch cost of our tracked training against a bare Keras fit of the same model and data.
 
-    python -m benchmarks.train_overhead                       # 4 epochs x 5 repeats, full train set (~3 min)
+    python -m benchmarks.train_overhead                       # 4 epochs x 5 repeats, full train set: ~2.5 min
     python -m benchmarks.train_overhead --epochs 4 --repeats 5 --train-size 10000 --json out.json
 
 Target (the issue): with tracking and diagnostics on, an epoch costs at most 5% more than a
@@ -21,7 +21,9 @@ they run). Epoch 1 (tracing) is left out; once-per-run costs (model logging, eva
 figures) fall outside every epoch. A run's number is its mean over epochs 2..E. Bare and
 tracked runs alternate in one process (bare, tracked, bare, ...) so machine noise hits both;
 the ratio is median(tracked) / median(bare) over the repeats. Also shown: each side's
-steps + validation time (epoch begin to end, minus our hooks) and each hook of ours, timed.
+steps + validation time (epoch begin to end, minus our hooks) and each hook of ours, timed:
+on a shared machine the ratio moves by a few percent from one invocation to the next, and
+the hooks line is the part of the overhead that noise does not blur.
 """
 
 import argparse
