@@ -2,8 +2,9 @@
 
     <state_dir>/<run key>/lock              held while a process trains this config
                           run.json          the MLflow run to continue
-                          epoch_0007/       weights + optimizer state, and progress.json
-                                            (epochs done, every epoch's logs, callback counters)
+                          epoch_0007/       state.npz (weights, optimizer state, dropout seeds)
+                                            and progress.json (epochs done, every epoch's logs,
+                                            callback counters)
 
 Each epoch is written to a temporary folder and renamed into place, so a kill at any
 moment leaves the previous epoch intact. The backup is saved before the epoch's metrics
@@ -20,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from src.errors import TrackingError
+from src.errors import DataError, TrackingError
 
 COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")  # EarlyStopping / ReduceLROnPlateau state
 
@@ -58,12 +59,14 @@ class ResumeState:
         if latest is None:
             return self.progress()
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(latest / "state.weights.h5")
+        variables = state_variables(model)
+        with np.load(latest / "state.npz") as saved:
+            if len(saved.files) != len(variables):
+                raise DataError(f"{latest} holds {len(saved.files)} variables, this model {len(variables)}; "
+                                f"delete {self.root} to start afresh")
+            for index, variable in enumerate(variables):
+                variable.assign(saved[f"v{index}"])
         progress = self.progress()
-        seeds = {v.path: v for v in model.non_trainable_variables if "seed_generator" in v.path}
-        for path, value in progress["seeds"].items():
-            if path in seeds:
-                seeds[path].assign(np.array(value, dtype=seeds[path].dtype))
         for callback, counters in zip(callbacks, progress["callbacks"], strict=False):
             for name, value in counters.items():
                 setattr(callback, name, value)
@@ -74,11 +77,9 @@ class ResumeState:
         partial = self.root / f".{final.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        model.save_weights(partial / "state.weights.h5")
+        np.savez(partial / "state.npz", **{f"v{i}": np.asarray(v) for i, v in enumerate(state_variables(model))})
         progress = {
             "epochs_done": epochs_done, "history": history,
-            "seeds": {v.path: np.asarray(v).tolist() for v in model.non_trainable_variables
-                      if "seed_generator" in v.path},
             "callbacks": [{name: _plain(getattr(cb, name)) for name in COUNTERS if hasattr(cb, name)}
                           for cb in callbacks],
         }
@@ -109,6 +110,14 @@ class Backup(keras.callbacks.Callback):
         self.history.append({key: float(value) for key, value in logs.items()})
         if np.isfinite(logs.get("loss", 0.0)):  # never resume from a diverged state
             self.state.save(self.model, self.watched, epoch + 1, self.history)
+
+
+def state_variables(model: keras.Model) -> list:
+    """Everything training changes: weights, BN statistics, dropout seeds, optimizer slots and step.
+
+    Plain arrays in a fixed order (np.savez: a few ms an epoch, a fifth of Keras's .h5 save).
+    """
+    return [*model.variables, *model.optimizer.variables]
 
 
 def write_json(path: Path, value) -> None:

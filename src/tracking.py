@@ -111,13 +111,27 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=fresh[start : start + 100])
 
 
-def metric_sink(client: MlflowClient, run_id: str):
-    def sink(step: int, metrics: dict[str, float]) -> None:
+class MetricSink:
+    """sink(step, metrics): one log_batch per call, sent in the background (MLflow's async
+    logging), so an epoch does not wait for the store. flush() waits for all of them.
+
+    A kill can lose metrics still queued; the resume backup holds them, and train.py logs
+    whatever is missing on restart.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id, self.pending = client, run_id, []
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(key, value, now, step) for key, value in metrics.items()]
         for start in range(0, len(batch), BATCH):
-            client.log_batch(run_id, metrics=batch[start : start + BATCH], synchronous=True)
-    return sink
+            self.pending.append(self.client.log_batch(self.run_id, metrics=batch[start : start + BATCH],
+                                                      synchronous=False))
+
+    def flush(self) -> None:
+        while self.pending:
+            self.pending.pop(0).wait()
 
 
 def logged_steps(client: MlflowClient, run_id: str, key: str = "loss") -> set[int]:

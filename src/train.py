@@ -78,7 +78,7 @@ def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict
     from src import engine, figures, tracking  # noqa: PLC0415
 
     tracking.log_params(client, run_id, flatten(config))
-    sink = tracking.metric_sink(client, run_id)
+    sink = tracking.MetricSink(client, run_id)
     progress = state.progress()
     if progress["epochs_done"] == 0:
         mlflow.log_input(dataset_input(config, data), context="training")
@@ -87,9 +87,13 @@ def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict
         if epoch not in logged:
             sink(epoch, logs)
 
-    result = engine.fit_and_evaluate(config, data, state, sink, folder)
+    try:
+        result = engine.fit_and_evaluate(config, data, state, sink, folder)
+    finally:
+        sink.flush()  # what was logged stays logged, also when training fails
     model, example = result.pop("model"), result.pop("example")
     sink(result["epochs_run"], result)
+    sink.flush()
     if config["tracking"]["log_model"]:
         log_model(engine.inference_copy(model), example)
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")

@@ -144,7 +144,9 @@ def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_np
 
 
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(fashion_npz, store, tmp_path, cli_env):
+    # Dropout and BN: the seeds and moving statistics must come back too; nesterov: optimizer slots.
     args = [*shrunk(fashion_npz, store, tmp_path, train_size=3000), "epochs=4", "deterministic=true",
+            "model.dropout=0.2", "model.batch_norm=after", "optimizer=nesterov",
             f"hydra.run.dir={tmp_path / 'run'}"]
     job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
