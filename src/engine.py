@@ -53,8 +53,10 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
     stateful = standard_callbacks(config, workdir)  # their counters are part of the resume state
     progress = state.restore(model, stateful)
     start = progress["epochs_done"]
-    if start:
+    if 0 < start < epochs:
         log.info("resuming at epoch %d of %d from %s", start + 1, epochs, state.latest())
+    elif start:
+        log.info("all %d epochs were done before the stop (%s): evaluating and recording", epochs, state.latest())
     pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
                               resize=config["data"]["resize"], seed=config["seed"], epochs=epochs, start_epoch=start)
     history = progress["history"]

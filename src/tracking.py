@@ -90,7 +90,10 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
     os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: it would swallow this run
     if resume_id is not None:
         try:
-            if client.get_run(resume_id).info.lifecycle_stage == "active":
+            run = client.get_run(resume_id)
+            if run.info.lifecycle_stage == "active":
+                if f"{TAG}failure" in run.data.tags:  # the stop it recorded is over
+                    client.delete_tag(resume_id, f"{TAG}failure")
                 return mlflow.start_run(run_id=resume_id).info.run_id
         except MlflowException:
             pass  # deleted from the store: start afresh
@@ -98,10 +101,15 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
     return run.info.run_id
 
 
-def end_run(status: str, reason: str | None = None) -> None:
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """Record the run's end through the client (the fluent API would open a new run if the
+    active one were already closed), then close it in this process."""
     if reason:
-        mlflow.set_tag(f"{TAG}failure", reason[:5000])
-    mlflow.end_run(status)
+        client.set_tag(run_id, f"{TAG}failure", reason[:5000])
+    client.set_terminated(run_id, status)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict) -> None:

@@ -12,8 +12,11 @@ TensorFlow and MLflow are imported only when a job trains, so --help answers at 
 """
 
 import contextlib
+import io
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src.cli import USER_ERROR_EXIT
+from src.cli import INTERRUPTED_EXIT, USER_ERROR_EXIT
 from src.config import config_hash, flatten, validate
 from src.errors import LabError
 
@@ -49,6 +52,7 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     if not config["force"] and (done := tracking.find_finished(client, experiment_id, identity["run_key"])):
         log.info("skipped: this exact config, code and data finished as run %s (force=true re-runs it)",
                  done.info.run_id)
+        shutil.rmtree(in_repo(config["state_dir"]) / identity["run_key"], ignore_errors=True)  # stopped at the end
         return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"])
@@ -61,13 +65,20 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     try:
         with workspace(workdir) as folder:
             result = record(config, data, client, run_id, state, folder)
+        tracking.end_run(client, run_id, "FINISHED")
     except BaseException as error:
-        tracking.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
-                         tracking.first_line(error) or type(error).__name__)
-        state.release()  # kept: the same command resumes from the last finished epoch
+        if tracking.is_finished(client.get_run(run_id).info.status):  # stopped just after it was recorded
+            tracking.end_run(client, run_id, "FINISHED")
+        else:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED",
+                             "interrupted (SIGTERM or Ctrl-C)" if interrupted else tracking.first_line(error)
+                             or type(error).__name__)
+        state.release()  # kept: the same command resumes from the last finished epoch (or skips)
         raise
-    tracking.end_run("FINISHED")
     state.finish()
+    log.info("run %s finished: test_accuracy %.4f after %d epochs (MLflow experiment %r at %s)", run_id,
+             result["test_accuracy"], result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
     return {**result, "run_id": run_id, "skipped": False}
 
 
@@ -126,13 +137,12 @@ def log_model(model, example) -> None:
         return original(mlflow_model, example, path, *args, **kwargs)
 
     keras_save._save_example = save_example
-    keras.utils.disable_interactive_logging()  # MLflow checks the example with a predict() progress bar
-    try:
-        mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
-                               pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+    try:  # MLflow checks the example with a predict() whose progress bar would land in the log
+        with contextlib.redirect_stdout(io.StringIO()):
+            mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
+                                   pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
     finally:
         keras_save._save_example = original
-        keras.utils.enable_interactive_logging()
 
 
 def dataset_input(config: dict, data):
@@ -191,11 +201,21 @@ def main(cfg: DictConfig) -> dict:
 def cli() -> None:
     """main() with every user mistake, Hydra's included, as one line and exit code 2."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing its own report
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         main()
     except (LabError, HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+    except KeyboardInterrupt:
+        print("error: interrupted; the run is marked KILLED and the same command resumes it from its last "
+              "finished epoch", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """A cluster's preemption (SIGTERM) stops the job like Ctrl-C: run KILLED, resume state kept."""
+    raise KeyboardInterrupt
 
 
 def one_line(error: BaseException) -> str:

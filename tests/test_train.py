@@ -174,3 +174,25 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(fashion_npz, stor
         assert [step for step, _ in logged] == [1, 2, 3, 4], key  # each epoch exactly once
         assert logged == history(client, reference.info.run_id, key), key
     assert run.data.metrics["test_accuracy"] == reference.data.metrics["test_accuracy"]
+
+
+def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_it(fashion_npz, store, tmp_path, cli_env):
+    args = [*shrunk(fashion_npz, store, tmp_path, train_size=3000), "epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "state").glob("*/epoch_0001")) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job never finished epoch 1"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130 and "resumes it from its last finished epoch" in stderr
+    (stopped,) = runs(store)
+    assert stopped.info.status == "KILLED" and "SIGTERM" in stopped.data.tags["ch11.failure"]
+
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run,) = runs(store)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert "ch11.failure" not in run.data.tags
+    assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3]
