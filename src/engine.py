@@ -62,11 +62,12 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
     history = progress["history"]
     order = [cbs.EpochStats()]
     if config["diagnostics"]["enabled"]:
-        order.append(diagnostics(config, data, pipelines, sink))
+        order.append(diagnostics(config, data, sink))
     order += [*stateful, Backup(state, history, stateful), cbs.MetricLogger(sink)]
     if start < epochs:
         model.fit(pipelines["train"], epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
-                  validation_data=pipelines["valid"], callbacks=order, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+                  validation_data=pipelines["valid"], callbacks=order, shuffle=False,
+                  verbose=1 if sys.stdout.isatty() else 2)  # one line per epoch in logs
     if history and not np.isfinite(history[-1].get("loss", np.nan)):
         raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate, "
                             "add clipping=norm, or check the inputs' scale")
@@ -87,14 +88,14 @@ def standard_callbacks(config: dict, workdir: Path) -> list[keras.callbacks.Call
     return stateful
 
 
-def diagnostics(config: dict, data: Prepared, pipelines: dict, sink) -> cbs.GradientDiagnostics:
-    """Gradient diagnostics on a fixed batch: the first training images, scaled like the rest."""
+def diagnostics(config: dict, data: Prepared, sink) -> cbs.GradientDiagnostics:
+    """Gradient diagnostics on a fixed batch: the first training images, transformed like the rest."""
     size = config["diagnostics"]["batch_size"]
-    fixed = make_datasets(Prepared({**data.arrays, "x_test": data.split("train")[0][:size],
-                                    "y_test": data.split("train")[1][:size]}, data.meta, data.path),
-                          size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
-                          resize=config["data"]["resize"], cache=False, epochs=0)["test"]
-    images, labels = next(iter(fixed))
+    x, y = (array[:size] for array in data.split("train"))
+    head = Prepared({**data.arrays, "x_valid": x, "y_valid": y}, data.meta, data.path)  # train stays: same scaling
+    batch = make_datasets(head, size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
+                          resize=config["data"]["resize"], cache=False, epochs=0)["valid"]
+    images, labels = next(iter(batch))
     return cbs.GradientDiagnostics(images.numpy(), labels.numpy(), sink)
 
 
