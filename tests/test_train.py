@@ -196,3 +196,14 @@ def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_it(fashion_np
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
     assert "ch11.failure" not in run.data.tags
     assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3]
+
+
+def test_jobs_in_other_processes_are_children_of_the_sweep(fashion_npz, store, tmp_path, cli_env):
+    result = cli("-m", "hydra/launcher=parallel", "threads=1", "optimizer=adam,nadam",
+                 *shrunk(fashion_npz, store, tmp_path, train_size=300), "epochs=1",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", env=cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = [run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 2
+    assert all(run.info.status == "FINISHED" for run in runs(store))
