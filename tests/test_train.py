@@ -207,3 +207,11 @@ def test_jobs_in_other_processes_are_children_of_the_sweep(fashion_npz, store, t
     children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
     assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 2
     assert all(run.info.status == "FINISHED" for run in runs(store))
+
+
+def test_a_dead_tracking_server_is_one_line_and_exit_2_on_the_command_line(tmp_path, cli_env):
+    result = cli("tracking.uri=http://127.0.0.1:9", f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "http://127.0.0.1:9 is unreachable" in line and "MLFLOW_TRACKING_URI" in line
+    assert "Traceback" not in result.stderr
