@@ -91,17 +91,24 @@ def int_list(length: int | None = None, low: int = 1) -> Rule:
     return rule
 
 
+def widths(value) -> str | None:
+    if integer(1)(value) is None or (value and int_list()(value) is None):
+        return None
+    return "must be an integer >= 1 or a list of them, one per hidden layer"
+
+
 # -- the schema ---------------------------------------------------------------------------------
 
 DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
         "flatten": boolean, "resize": optional(int_list(length=2)), "train_size": optional(integer(1))}
 MLP = {
-    "name": choice("mlp"), "depth": integer(1), "width": integer(1), "activation": choice(*ACTIVATIONS),
+    "name": choice("mlp"), "depth": integer(1), "activation": choice(*ACTIVATIONS),
+    "width": widths,
     "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
     "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
     "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
     "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean,
-    "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
+    "input_dropout": number(0, 1, high_open=True), "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
     "l2": number(0), "max_norm": optional(number(0, low_open=True)),
 }
 # Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
@@ -201,7 +208,10 @@ def check_combinations(config: dict) -> None:
     if model["activation"] == "selu" and model["batch_norm"] != "none":
         raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
                           ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
-    if config["mc_dropout_samples"] > 0 and model["dropout"] == 0:
+    if isinstance(model["width"], list) and len(model["width"]) != model["depth"]:
+        raise ConfigError(f"model.width lists {len(model['width'])} layers but model.depth={model['depth']}; "
+                          "make them agree")
+    if config["mc_dropout_samples"] > 0 and model["dropout"] == 0 and model["input_dropout"] == 0:
         raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
     if schedule["name"] == "piecewise_constant_decay":
         bounds, multipliers = schedule["boundaries"], schedule["multipliers"]
@@ -210,7 +220,8 @@ def check_combinations(config: dict) -> None:
                               f"(found {bounds} and {multipliers})")
     if model["activation"] == "selu" and config["data"]["scale"] != "standard":
         log.warning("SELU self-normalises only on standardised inputs: consider data.scale=standard")
-    if model["dropout_kind"] == "alpha_dropout" and model["activation"] != "selu" and model["dropout"] > 0:
+    if model["dropout_kind"] == "alpha_dropout" and model["activation"] != "selu" and model["dropout"] + model[
+            "input_dropout"] > 0:
         log.warning("alpha_dropout is designed for SELU; with %s plain dropout is the usual choice",
                     model["activation"])
 

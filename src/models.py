@@ -14,16 +14,19 @@ DROPOUT_LAYERS = {"dropout": keras.layers.Dropout, "alpha_dropout": keras.layers
 
 
 def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
-    """Flatten -> depth x [Dense -> (BN) -> activation -> (BN) -> (dropout)] -> softmax."""
+    """Flatten -> (BN) -> (dropout) -> depth x [Dense -> (BN) -> activation -> (BN) -> (dropout)] -> softmax."""
     layers = [keras.Input(shape=input_shape, name="image"), keras.layers.Flatten(name="flatten")]
     if cfg["input_batch_norm"]:
         layers.append(keras.layers.BatchNormalization(name="input_bn"))
+    if cfg["input_dropout"] > 0:
+        layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["input_dropout"], name="input_dropout"))
     digits = max(2, len(str(cfg["depth"])))
-    for index in range(1, cfg["depth"] + 1):
+    widths = cfg["width"] if isinstance(cfg["width"], list) else [cfg["width"]] * cfg["depth"]
+    for index, width in enumerate(widths, start=1):
         name = f"hidden_{index:0{digits}d}"
         # BN before the activation has its own shift (beta): a Dense bias would be redundant.
         layers.append(keras.layers.Dense(
-            cfg["width"], use_bias=cfg["batch_norm"] != "before", kernel_initializer=initializer(cfg),
+            width, use_bias=cfg["batch_norm"] != "before", kernel_initializer=initializer(cfg),
             kernel_regularizer=regularizer(cfg), kernel_constraint=constraint(cfg), name=name))
         if cfg["batch_norm"] == "before":
             layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))

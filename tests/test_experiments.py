@@ -1,0 +1,66 @@
+"""Every chapter experiment (conf/experiment/*.yaml) composes with its whole sweep, and runs
+end to end shrunk: a few hundred real Fashion-MNIST images, one epoch, one seed."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from conftest import REPO
+from src.config import validate
+
+EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def sweep_of(name: str) -> dict[str, list[str]]:
+    text = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
+    params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
+    return {key: str(value).split(",") for key, value in params.items()}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_an_experiment_file_opens_with_how_to_run_it_what_the_book_reports_and_the_time(name):
+    header = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().split("\n\n")[0]
+    assert header.startswith("# @package _global_")
+    assert f"python -m src.train -m experiment={name}" in header
+    assert "# Published:" in header and "# Time here:" in header
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_job_of_an_experiment_composes_and_validates(name):
+    sweep = sweep_of(name)
+    assert len(sweep["seed"]) >= 3, "several seeds: the report shows mean and spread"
+    jobs = [dict(zip(sweep, values, strict=True)) for values in __import__("itertools").product(*sweep.values())]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for job in jobs:
+            cfg = compose("config", [f"experiment={name}", *(f"{key}={value}" for key, value in job.items())])
+            with open_dict(cfg):
+                cfg.pop("hydra", None)
+            config = validate(cfg)
+            assert config["name"] == name and config["seed"] == int(job["seed"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_an_experiment_runs_end_to_end_shrunk(name, fashion_npz, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", f"experiment={name}", "seed=42", "epochs=1",
+         f"data.path={fashion_npz}", "data.train_size=300", f"tracking.uri={store}",
+         f"state_dir={tmp_path / 'state'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    expected = math.prod(len(values) for key, values in sweep_of(name).items() if key != "seed")
+    assert len(runs) == expected + 1 and len(children) == expected
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert all(0 <= run.data.metrics["test_accuracy"] <= 1 for run in children)
