@@ -148,7 +148,7 @@ TOP = {
     "validation_split": optional(number(0, 1, True, True)), "deterministic": boolean,
     "steps_per_execution": integer(1), "precision": choice(*PRECISIONS), "threads": optional(integer(1)),
     "force": boolean, "early_stopping": {"patience": optional(integer(0)), "restore_best_weights": boolean},
-    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "mc_dropout_samples": integer(0),
+    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "on_nan": choice("fail", "record"), "mc_dropout_samples": integer(0),
     "diagnostics": {"enabled": boolean, "batch_size": integer(1)}, "state_dir": text,
     "data": DATA, "model": MLP, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
     "tracking": TRACKING,

@@ -68,11 +68,14 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
         model.fit(pipelines["train"], epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
                   validation_data=pipelines["valid"], callbacks=order, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2)  # one line per epoch in logs
-    if history and not np.isfinite(history[-1].get("loss", np.nan)):
+    diverged = bool(history) and not np.isfinite(history[-1].get("loss", np.nan))
+    if diverged and config["on_nan"] == "fail":
         raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate, "
                             "add clipping=norm, or check the inputs' scale")
+    if diverged:
+        log.warning("loss became NaN at epoch %d: recorded as diverged (on_nan=record)", len(history))
     return {**evaluate(model, pipelines["test"], config), "epochs_run": len(history), "model": model,
-            "example": next(iter(pipelines["test"]))[0].numpy()[:3]}
+            "example": next(iter(pipelines["test"]))[0].numpy()[:3], "diverged_at_epoch": len(history) if diverged else 0}
 
 
 def standard_callbacks(config: dict, workdir: Path) -> list[keras.callbacks.Callback]:

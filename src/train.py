@@ -105,7 +105,9 @@ def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict
     model, example = result.pop("model"), result.pop("example")
     sink(result["epochs_run"], result)
     sink.flush()
-    if config["tracking"]["log_model"]:
+    if result["diverged_at_epoch"]:
+        mlflow.set_tag("ch11.diverged", f"loss became NaN at epoch {result['diverged_at_epoch']}")
+    elif config["tracking"]["log_model"]:  # a diverged network is not worth keeping
         log_model(engine.inference_copy(model), example)
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
     mlflow.log_artifact(str(folder / "config.yaml"))
