@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from conftest import REPO
 from src.callbacks import GradientDiagnostics
 from src.config import validate
+from src.errors import ConfigError
 from src.data.load import load_prepared, reshape_splits
 from src.models import build_mlp, kernel_layers, mc_dropout_model
 from src.optim import OneCycle, build_optimizer, schedule_callbacks
@@ -47,6 +48,14 @@ def test_every_activation_builds(activation, kind):
     assert type(layer).__name__ == kind
     if activation == "leaky_relu":
         assert layer.negative_slope == pytest.approx(0.1)
+
+
+def test_widths_can_differ_per_layer_and_input_dropout_follows_the_input():
+    model = build_mlp(config("model.depth=2", "model.width=[300,100]", "model.input_dropout=0.2")["model"], (28, 28), 10)
+    assert [layer.units for layer in kernel_layers(model)] == [300, 100, 10]
+    assert layer_types(model)[:3] == ["Flatten", "Dropout", "Dense"]
+    with pytest.raises(ConfigError, match="model.width lists 2 layers but model.depth=3"):
+        config("model.width=[300,100]")
 
 
 def test_regularisation_options_reach_the_layers():

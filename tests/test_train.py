@@ -103,6 +103,13 @@ def test_a_nan_loss_ends_the_run_failed_with_the_reason(make_config, store):
     assert run.info.status == "FAILED" and "NaN" in run.data.tags["ch11.failure"]
 
 
+def test_on_nan_record_keeps_a_diverged_run_as_a_result(make_config, store):
+    result = train(make_config("optimizer.learning_rate=100", "on_nan=record"))
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags["ch11.diverged"] == "loss became NaN at epoch 1"
+    assert result["diverged_at_epoch"] == 1 and run.data.metrics["diverged_at_epoch"] == 1
+
+
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:////proc/no/such/dir/mlflow.db"])
 def test_an_unusable_tracking_store_fails_fast_before_training(make_config, uri, tmp_path):
     started = time.monotonic()
