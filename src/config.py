@@ -232,6 +232,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
+def run_identity(config: dict, data_hash: str, code: str) -> dict[str, str]:
+    """What makes a result: resolved config, code version, data. The run key covers all three."""
+    identity = {"config_hash": config_hash(config), "code_hash": code, "data_hash": data_hash}
+    identity["run_key"] = hashlib.sha256("|".join(identity.values()).encode()).hexdigest()[:24]
+    return identity
+
+
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     """{"model": {"depth": 3}} -> {"model.depth": 3}, the form MLflow params take."""
     flat = {}

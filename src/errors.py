@@ -23,3 +23,8 @@ class TrackingError(LabError):
 
 class TrainingError(LabError):
     """Training itself went wrong (a NaN loss): the config needs changing, not the code."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line (libraries' messages often span several), at most limit chars."""
+    return " ".join(str(error).split())[:limit]

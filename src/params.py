@@ -5,7 +5,7 @@ from typing import Any
 
 import yaml
 
-from src.errors import ConfigError
+from src.errors import ConfigError, one_line
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -17,7 +17,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML ({_first_line(error)}); fix the file") from None
+        raise ConfigError(f"{path} is not valid YAML ({one_line(error)}); fix the file") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must hold a mapping of stage blocks, found {type(params).__name__}")
     return params
@@ -34,6 +34,3 @@ def block(params: dict[str, Any], *keys: str, source: Path = PARAMS_FILE) -> dic
         node = node[key]
     return node
 
-
-def _first_line(error: Exception) -> str:
-    return " ".join(str(error).split())

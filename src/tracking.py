@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from src.errors import TrackingError
+from src.errors import TrackingError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def connect(tracking: dict) -> MlflowClient:
         client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
         client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError) as error:
-        raise TrackingError(f"MLflow store {uri} is not usable ({first_line(error)}); "
+        raise TrackingError(f"MLflow store {uri} is not usable ({one_line(error)}); "
                             "fix tracking.uri / MLFLOW_TRACKING_URI") from None
     mlflow.set_tracking_uri(uri)
     return client
@@ -176,6 +176,3 @@ def git_tags() -> dict[str, str]:
         return {f"{TAG}git_dirty": "unknown (not a git checkout)"}
     return {"mlflow.source.git.commit": commit, f"{TAG}git_dirty": str(bool(git("status", "--porcelain")))}
 
-
-def first_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]

@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.cli import INTERRUPTED_EXIT, USER_ERROR_EXIT
-from src.config import config_hash, flatten, validate
-from src.errors import LabError
+from src.config import flatten, run_identity, validate
+from src.errors import LabError, one_line
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("src.train")
@@ -72,7 +72,7 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
         else:
             interrupted = isinstance(error, KeyboardInterrupt)
             tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED",
-                             "interrupted (SIGTERM or Ctrl-C)" if interrupted else tracking.first_line(error)
+                             "interrupted (SIGTERM or Ctrl-C)" if interrupted else one_line(error)
                              or type(error).__name__)
         state.release()  # kept: the same command resumes from the last finished epoch (or skips)
         raise
@@ -155,15 +155,6 @@ def dataset_input(config: dict, data):
                        digest=data.meta["npz_sha256"][:20])
 
 
-def run_identity(config: dict, data_hash: str, code: str) -> dict[str, str]:
-    """What makes a result: resolved config, code version, data. The run key covers all three."""
-    import hashlib  # noqa: PLC0415
-
-    identity = {"config_hash": config_hash(config), "code_hash": code, "data_hash": data_hash}
-    identity["run_key"] = hashlib.sha256("|".join(identity.values()).encode()).hexdigest()[:24]
-    return identity
-
-
 def override_tags(overrides) -> dict[str, str]:
     tags = {f"override.{item.split('=', 1)[0].lstrip('+~')}": item.split("=", 1)[-1] for item in overrides}
     return {**tags, "ch11.overrides": " ".join(overrides)} if overrides else tags
@@ -196,7 +187,7 @@ def main(cfg: DictConfig) -> dict:
     except LabError as error:
         if in_sweep:
             raise  # the sweeper reports it once the other jobs have run
-        print(f"error: {one_line(error)}", file=sys.stderr)  # before Hydra adds its own report
+        print(f"error: {error_line(error)}", file=sys.stderr)  # before Hydra adds its own report
         sys.exit(USER_ERROR_EXIT)
 
 
@@ -207,7 +198,7 @@ def cli() -> None:
     try:
         main()
     except (LabError, HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {error_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("error: interrupted; the run is marked KILLED and the same command resumes it from its last "
@@ -220,7 +211,7 @@ def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def one_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """Hydra's multi-line reports as one line: lists joined with commas, search path dropped."""
     lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines() if line.strip()]
     text, listing = (lines[0], lines[0].endswith(":")) if lines else ("", False)
