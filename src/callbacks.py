@@ -77,7 +77,9 @@ class GradientDiagnostics(keras.callbacks.Callback):
         kernels = [layer.kernel for layer in self.kernels]
         with tf.GradientTape() as tape:
             *hidden, predictions = self.probe(self.images, training=True)
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(self.labels, predictions))
+            binary = predictions.shape[-1] == 1  # model.output=sigmoid
+            loss = (keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy())(
+                self.labels, predictions)
             loss += tf.add_n(self.model.losses) if self.model.losses else 0.0
         gradients = tape.gradient(loss, kernels)
         values = {f"grad_norm/{layer.name}": tf.norm(g) for layer, g in zip(self.kernels, gradients, strict=True)}

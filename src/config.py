@@ -6,6 +6,7 @@ Normalization, MC dropout without dropout, ...) are refused. The first problem f
 becomes one ConfigError line that names the key, the value and the fix.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -100,7 +101,8 @@ def widths(value) -> str | None:
 # -- the schema ---------------------------------------------------------------------------------
 
 DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
-        "flatten": boolean, "resize": optional(int_list(length=2)), "train_size": optional(integer(1))}
+        "flatten": boolean, "resize": optional(int_list(length=2)), "train_size": optional(integer(1)),
+        "classes": optional(int_list(low=0))}
 MLP = {
     "name": choice("mlp"), "depth": integer(1), "activation": choice(*ACTIVATIONS),
     "width": widths,
@@ -110,6 +112,7 @@ MLP = {
     "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean,
     "input_dropout": number(0, 1, high_open=True), "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
     "l2": number(0), "max_norm": optional(number(0, low_open=True)),
+    "dropout_scope": choice("all", "last"), "output": choice("softmax", "sigmoid"),
 }
 # Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
 OPTIMIZER_ARGS = {
@@ -152,6 +155,8 @@ TOP = {
     "diagnostics": {"enabled": boolean, "batch_size": integer(1)}, "state_dir": text,
     "data": DATA, "model": MLP, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
     "tracking": TRACKING,
+    "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1), "source_seed": integer(0),
+                 "freeze_epochs": integer(0)},
 }
 
 
@@ -213,6 +218,13 @@ def check_combinations(config: dict) -> None:
                           "make them agree")
     if config["mc_dropout_samples"] > 0 and model["dropout"] == 0 and model["input_dropout"] == 0:
         raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
+    if model["output"] == "sigmoid" and len(config["data"]["classes"] or ()) != 2:
+        raise ConfigError("model.output=sigmoid is a binary head: set data.classes to two classes (e.g. [0, 2]) "
+                          "or use model.output=softmax")
+    transfer = config["transfer"]
+    if transfer["source_classes"] and transfer["freeze_epochs"] >= config["epochs"]:
+        raise ConfigError(f"transfer.freeze_epochs={transfer['freeze_epochs']} must be below epochs="
+                          f"{config['epochs']}: the reused layers are unfrozen for the remaining epochs")
     if schedule["name"] == "piecewise_constant_decay":
         bounds, multipliers = schedule["boundaries"], schedule["multipliers"]
         if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
@@ -237,6 +249,23 @@ def run_identity(config: dict, data_hash: str, code: str) -> dict[str, str]:
     identity = {"config_hash": config_hash(config), "code_hash": code, "data_hash": data_hash}
     identity["run_key"] = hashlib.sha256("|".join(identity.values()).encode()).hexdigest()[:24]
     return identity
+
+
+def source_config(config: dict) -> dict:
+    """The config of a transfer recipe's source model (the book's model A).
+
+    Same model body, data and optimizer; the source task's classes, all their training
+    images, a softmax head, its own epochs and fixed seed. Its model is always logged:
+    the target run loads it from there.
+    """
+    transfer = config["transfer"]
+    source = copy.deepcopy(config)
+    source.update(epochs=transfer["source_epochs"], seed=transfer["source_seed"], mc_dropout_samples=0, force=False,
+                  transfer={**transfer, "source_classes": None, "freeze_epochs": 0})
+    source["data"].update(classes=transfer["source_classes"], train_size=None)
+    source["model"]["output"] = "softmax"
+    source["tracking"]["log_model"] = True
+    return source
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tensorflow.python.framework import config as tf_config
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, steps_per_epoch
 from src.errors import TrainingError
-from src.models import BUILDERS, mc_dropout_model
+from src.models import BUILDERS, mc_dropout_model, reuse_layers
 from src.optim import build_optimizer, schedule_callbacks
 from src.resume import Backup, ResumeState
 
@@ -41,33 +41,54 @@ def configure_runtime(config: dict) -> None:
     keras.mixed_precision.set_global_policy(config["precision"])
 
 
-def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, workdir: Path) -> dict:
-    """Build, compile, (resume,) fit and evaluate; per-epoch metrics go to sink."""
+def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, workdir: Path,
+                     source: keras.Model | None = None) -> dict:
+    """Build, compile, (resume,) fit and evaluate; per-epoch metrics go to sink.
+
+    With a source model (transfer), its hidden layers are copied in and training runs in
+    phases: reused layers frozen for transfer.freeze_epochs, then all trainable under a
+    freshly compiled optimizer, as the book does. Epoch numbers run on across phases.
+    """
     configure_runtime(config)
     n_train, batch_size, epochs = len(data.split("train")[0]), config["batch_size"], config["epochs"]
     steps = steps_per_epoch(n_train, batch_size)
     model = BUILDERS[config["model"]["name"]](config["model"], data.split("train")[0].shape[1:], len(data.class_names))
-    model.compile(optimizer=build_optimizer(config, total_steps=steps * epochs), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
-
+    reused = reuse_layers(model, source) if source is not None else []
+    phases = training_phases(config)
     stateful = standard_callbacks(config, workdir)  # their counters are part of the resume state
-    progress = state.restore(model, stateful)
+    progress = state.progress()
     start = progress["epochs_done"]
     if 0 < start < epochs:
         log.info("resuming at epoch %d of %d from %s", start + 1, epochs, state.latest())
     elif start:
         log.info("all %d epochs were done before the stop (%s): evaluating and recording", epochs, state.latest())
-    pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
-                              resize=config["data"]["resize"], seed=config["seed"], epochs=epochs, start_epoch=start)
     history = progress["history"]
+    backup = Backup(state, history, stateful)
     order = [cbs.EpochStats()]
     if config["diagnostics"]["enabled"]:
         order.append(diagnostics(config, data, sink))
-    order += [*stateful, Backup(state, history, stateful), cbs.MetricLogger(sink)]
-    if start < epochs:
-        model.fit(pipelines["train"], epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
+    order += [*stateful, backup, cbs.MetricLogger(sink)]
+    current = next(index for index, (end, _) in enumerate(phases) if start < end or index == len(phases) - 1)
+    for index in range(current, len(phases)):
+        end, frozen = phases[index]
+        for layer in reused:
+            layer.trainable = not frozen
+        compile_model(model, config, total_steps=steps * epochs)
+        if index == current:  # the saved optimizer state belongs to the phase it was saved in
+            state.restore(model, stateful, optimizer=progress.get("phase", 0) == index)
+        begin = max(start, phases[index - 1][0] if index else 0)
+        if begin >= end:
+            continue
+        backup.phase = index
+        pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
+                                  resize=config["data"]["resize"], seed=config["seed"], epochs=end, start_epoch=begin)
+        model.fit(pipelines["train"], epochs=end, initial_epoch=begin, steps_per_epoch=steps,
                   validation_data=pipelines["valid"], callbacks=order, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2)  # one line per epoch in logs
+        if history and not np.isfinite(history[-1].get("loss", np.nan)):
+            break
+    pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
+                              resize=config["data"]["resize"], epochs=0)
     diverged = bool(history) and not np.isfinite(history[-1].get("loss", np.nan))
     if diverged and config["on_nan"] == "fail":
         raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate, "
@@ -76,6 +97,19 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
         log.warning("loss became NaN at epoch %d: recorded as diverged (on_nan=record)", len(history))
     return {**evaluate(model, pipelines["test"], config), "epochs_run": len(history), "model": model,
             "example": next(iter(pipelines["test"]))[0].numpy()[:3], "diverged_at_epoch": len(history) if diverged else 0}
+
+
+def training_phases(config: dict) -> list[tuple[int, bool]]:
+    """(last epoch, reused layers frozen) per phase: one phase unless transfer freezes first."""
+    freeze = config["transfer"]["freeze_epochs"] if config["transfer"]["source_classes"] else 0
+    return [(freeze, True), (config["epochs"], False)] if freeze else [(config["epochs"], False)]
+
+
+def compile_model(model: keras.Model, config: dict, total_steps: int) -> None:
+    binary = config["model"]["output"] == "sigmoid"
+    model.compile(optimizer=build_optimizer(config, total_steps=total_steps),
+                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
 
 
 def standard_callbacks(config: dict, workdir: Path) -> list[keras.callbacks.Callback]:
@@ -110,7 +144,8 @@ def evaluate(model: keras.Model, test, config: dict) -> dict[str, float]:
         sampler = mc_dropout_model(model)
         labels = np.concatenate([y.numpy() for _, y in test])
         probabilities = np.mean([sampler.predict(test, verbose=0) for _ in range(samples)], axis=0)
-        results["test_mc_dropout_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == labels))
+        predicted = (probabilities[:, 0] > 0.5) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
+        results["test_mc_dropout_accuracy"] = float(np.mean(predicted == labels))
     return results
 
 

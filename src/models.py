@@ -6,6 +6,8 @@ figures can plot any quantity against depth.
 
 import keras
 
+from src.errors import ConfigError
+
 ACTIVATION_LAYERS = {
     "leaky_relu": lambda cfg, name: keras.layers.LeakyReLU(negative_slope=cfg["leaky_slope"], name=name),
     "prelu": lambda cfg, name: keras.layers.PReLU(name=name),  # the slope is learned, one per unit
@@ -14,7 +16,10 @@ DROPOUT_LAYERS = {"dropout": keras.layers.Dropout, "alpha_dropout": keras.layers
 
 
 def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
-    """Flatten -> (BN) -> (dropout) -> depth x [Dense -> (BN) -> activation -> (BN) -> (dropout)] -> softmax."""
+    """Flatten -> (BN) -> (dropout) -> depth x [Dense -> (BN) -> activation -> (BN) -> (dropout)] -> output.
+
+    The output is softmax over n_classes, or one sigmoid unit (model.output=sigmoid, two classes).
+    """
     layers = [keras.Input(shape=input_shape, name="image"), keras.layers.Flatten(name="flatten")]
     if cfg["input_batch_norm"]:
         layers.append(keras.layers.BatchNormalization(name="input_bn"))
@@ -33,11 +38,12 @@ def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.
         layers.append(activation_layer(cfg, f"{name}_act"))
         if cfg["batch_norm"] == "after":
             layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))
-        if cfg["dropout"] > 0:
+        if cfg["dropout"] > 0 and (cfg["dropout_scope"] == "all" or index == len(widths)):
             layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["dropout"], name=f"{name}_dropout"))
     # float32 output: softmax and the loss stay accurate under mixed precision.
-    layers.append(keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer(cfg),
-                                     dtype="float32", name="output"))
+    binary = cfg["output"] == "sigmoid"
+    layers.append(keras.layers.Dense(1 if binary else n_classes, activation=cfg["output"],
+                                     kernel_regularizer=regularizer(cfg), dtype="float32", name="output"))
     return keras.Sequential(layers, name="mlp")
 
 
@@ -62,6 +68,25 @@ def constraint(cfg: dict) -> keras.constraints.Constraint | None:
 def activation_layer(cfg: dict, name: str) -> keras.layers.Layer:
     make = ACTIVATION_LAYERS.get(cfg["activation"])
     return make(cfg, name) if make else keras.layers.Activation(cfg["activation"], name=name)
+
+
+def reuse_layers(model: keras.Model, source: keras.Model) -> list[keras.layers.Layer]:
+    """Copy the source's hidden layers (Dense and BN, matched by name) into model: a clone, not shared.
+
+    The output layer stays new. Returns the layers that now hold reused weights.
+    """
+    available = {layer.name: layer for layer in source.layers}
+    reused = []
+    for layer in model.layers:
+        if layer.name == "output" or not isinstance(layer, keras.layers.Dense | keras.layers.BatchNormalization):
+            continue
+        match = available.get(layer.name)
+        if match is None or [w.shape for w in match.weights] != [w.shape for w in layer.weights]:
+            raise ConfigError(f"the source model has no layer {layer.name} shaped like this one; source and target "
+                              "must share the model.* settings (only model.output may differ)")
+        layer.set_weights(match.get_weights())
+        reused.append(layer)
+    return reused
 
 
 def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -27,12 +27,13 @@ COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")  # EarlyStoppin
 
 
 class ResumeState:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, wait: bool = False):
+        """Take the config's lock; wait=True blocks until another process holding it is done."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._lock = open(root / "lock", "w")  # noqa: SIM115 (held for the life of the run)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise TrackingError(f"another process is training this exact config (lock {root / 'lock'}); "
                                 "wait for it or stop it") from None
@@ -53,33 +54,41 @@ class ResumeState:
         latest = self.latest()
         return json.loads((latest / "progress.json").read_text()) if latest else {"epochs_done": 0, "history": []}
 
-    def restore(self, model: keras.Model, callbacks: list[keras.callbacks.Callback]) -> dict:
-        """Load the last finished epoch into model (built and compiled) and callbacks."""
+    def restore(self, model: keras.Model, callbacks: list[keras.callbacks.Callback], optimizer: bool = True) -> dict:
+        """Load the last finished epoch into model (built and compiled) and callbacks.
+
+        optimizer=False loads the weights only: a new training phase starts a fresh optimizer.
+        """
         latest = self.latest()
         if latest is None:
             return self.progress()
         model.optimizer.build(model.trainable_variables)
-        variables = state_variables(model)
+        groups = state_variables(model)
+        if not optimizer:
+            groups["optimizer"] = []
         with np.load(latest / "state.npz") as saved:
-            if len(saved.files) != len(variables):
-                raise DataError(f"{latest} holds {len(saved.files)} variables, this model {len(variables)}; "
-                                f"delete {self.root} to start afresh")
-            for index, variable in enumerate(variables):
-                variable.assign(saved[f"v{index}"])
+            for group, variables in groups.items():
+                held = sum(name.startswith(f"{group}_") for name in saved.files)
+                if variables and held != len(variables):
+                    raise DataError(f"{latest} holds {held} {group} variables, this run has {len(variables)}; "
+                                    f"delete {self.root} to start afresh")
+                for index, variable in enumerate(variables):
+                    variable.assign(saved[f"{group}_{index}"])
         progress = self.progress()
         for callback, counters in zip(callbacks, progress["callbacks"], strict=False):
             for name, value in counters.items():
                 setattr(callback, name, value)
         return progress
 
-    def save(self, model: keras.Model, callbacks: list, epochs_done: int, history: list[dict]) -> None:
+    def save(self, model: keras.Model, callbacks: list, epochs_done: int, history: list[dict], phase: int = 0) -> None:
         final = self.root / f"epoch_{epochs_done:04d}"
         partial = self.root / f".{final.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        np.savez(partial / "state.npz", **{f"v{i}": np.asarray(v) for i, v in enumerate(state_variables(model))})
+        np.savez(partial / "state.npz", **{f"{group}_{i}": np.asarray(v) for group, variables
+                                           in state_variables(model).items() for i, v in enumerate(variables)})
         progress = {
-            "epochs_done": epochs_done, "history": history,
+            "epochs_done": epochs_done, "history": history, "phase": phase,
             "callbacks": [{name: _plain(getattr(cb, name)) for name in COUNTERS if hasattr(cb, name)}
                           for cb in callbacks],
         }
@@ -105,19 +114,21 @@ class Backup(keras.callbacks.Callback):
     def __init__(self, state: ResumeState, history: list[dict], watched: list[keras.callbacks.Callback]):
         super().__init__()
         self.state, self.history, self.watched = state, history, watched
+        self.phase = 0  # the training phase (transfer: frozen, then unfrozen) the saved optimizer belongs to
 
     def on_epoch_end(self, epoch, logs=None):
         self.history.append({key: float(value) for key, value in logs.items()})
         if np.isfinite(logs.get("loss", 0.0)):  # never resume from a diverged state
-            self.state.save(self.model, self.watched, epoch + 1, self.history)
+            self.state.save(self.model, self.watched, epoch + 1, self.history, self.phase)
 
 
-def state_variables(model: keras.Model) -> list:
+def state_variables(model: keras.Model) -> dict[str, list]:
     """Everything training changes: weights, BN statistics, dropout seeds, optimizer slots and step.
 
-    Plain arrays in a fixed order (np.savez: a few ms an epoch, a fifth of Keras's .h5 save).
+    Plain arrays in a fixed order (np.savez: a few ms an epoch, a fifth of Keras's .h5 save),
+    model and optimizer apart: a new training phase reloads the first without the second.
     """
-    return [*model.variables, *model.optimizer.variables]
+    return {"model": model.variables, "optimizer": model.optimizer.variables}
 
 
 def write_json(path: Path, value) -> None:

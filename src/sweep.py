@@ -6,10 +6,13 @@
    and becomes a child run (also when launchers run jobs in other processes or machines).
    The parent ends FINISHED, FAILED (with the failed jobs named) or KILLED, whatever happens.
 3. Jobs that fail do not stop the others; the sweep then exits with one line per failure.
+4. When all succeed, <sweep dir>/jobs.json lists every job's swept values and MLflow run
+   (skipped jobs included): what the pipeline's per-experiment summary reads.
 """
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from src.errors import ConfigError, LabError
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent.json"
+JOBS_FILE = "jobs.json"
 
 
 class ValidatingSweeper(BasicSweeper):
@@ -33,9 +37,11 @@ class ValidatingSweeper(BasicSweeper):
         jobs = [list(job) for batch in batches for job in batch]
         configs = [self.job_config(job) for job in jobs]
         log.info("validated the configs of all %d jobs", len(jobs))
+        swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs[0], sweep_dir, arguments, len(jobs))
         results, failures, index, skipped = [], [], 0, 0
@@ -54,6 +60,7 @@ class ValidatingSweeper(BasicSweeper):
             raise
         parent.client.set_tag(parent.run_id, "ch11.skipped", str(skipped))  # finished before: not re-run
         report_failures(failures, len(jobs), parent)
+        record_jobs(sweep_dir, parent, jobs, swept, [job_return for returns in results for job_return in returns])
         parent.end("FINISHED")
         return results
 
@@ -66,6 +73,24 @@ class ValidatingSweeper(BasicSweeper):
             return validate(cfg)
         except ConfigError as error:
             raise ConfigError(f"job ({' '.join(job)}): {error}; nothing was trained") from None
+
+
+def record_jobs(sweep_dir: Path, parent: "ParentRun", jobs: list[list[str]], swept: set[str], returns: list) -> None:
+    """<sweep dir>/jobs.json, also on the parent run: each job's swept values and MLflow run.
+
+    A skipped job's run is the one that finished earlier (under an earlier parent): this
+    list is how the sweep's results are found whichever sweep trained them.
+    """
+    records = []
+    for index, (job, job_return) in enumerate(zip(jobs, returns, strict=True)):
+        values = dict(item.split("=", 1) for item in job)
+        result = job_return.return_value if isinstance(job_return.return_value, dict) else {}
+        records.append({"job": index, "params": {key: values[key] for key in values if key in swept},
+                        "run_id": result.get("run_id"), "skipped": bool(result.get("skipped"))})
+    partial = sweep_dir / f".{JOBS_FILE}.partial"
+    partial.write_text(json.dumps({"parent_run_id": parent.run_id, "jobs": records}, indent=1))
+    os.replace(partial, sweep_dir / JOBS_FILE)
+    parent.client.log_artifact(parent.run_id, str(sweep_dir / JOBS_FILE))
 
 
 def job_error(job_return) -> BaseException:

@@ -158,11 +158,19 @@ def is_finished(status: str) -> bool:
 
 # -- what identifies a result: config, code and data -----------------------------------------
 
+REPORT_CODE = Path("src/report")  # reads runs, never changes one: outside the code hash
+
+
 def code_hash() -> str:
-    """SHA-256 over the source and config files (tracked or not, committed or not)."""
+    """SHA-256 over the code that computes a result: src/ without src/report/ (tracked or not).
+
+    conf/ is not in it: what the config files say reaches a run through its resolved
+    config, which has its own hash. The report code only reads finished runs.
+    """
     digest = hashlib.sha256()
-    for path in sorted([*REPO.glob("src/**/*.py"), *REPO.glob("conf/**/*.yaml")]):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(REPO.glob("src/**/*.py")):
+        if REPORT_CODE not in path.relative_to(REPO).parents:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -35,11 +35,16 @@ from src.errors import LabError, one_line
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("src.train")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a transfer job loads its source model
 
 
 def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: str | None = None,
-          overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Run one job; returns its test metrics, run id and whether it was skipped."""
+          overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
+    """Run one job; returns its test metrics, run id and whether it was skipped.
+
+    role names a run that another job needs (a transfer source): concurrent jobs needing
+    it wait for the one training it instead of failing on its lock.
+    """
     config = validate(cfg)
     from src import tracking  # noqa: PLC0415 (heavy imports: only when a job really runs)
     from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
@@ -49,22 +54,37 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
     prepared = load_prepared(in_repo(config["data"]["path"]))
     identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash())
-    if not config["force"] and (done := tracking.find_finished(client, experiment_id, identity["run_key"])):
+    state_root = in_repo(config["state_dir"]) / identity["run_key"]
+
+    def finished_before() -> dict | None:
+        done = None if config["force"] else tracking.find_finished(client, experiment_id, identity["run_key"])
+        if done is None:
+            return None
         log.info("skipped: this exact config, code and data finished as run %s (force=true re-runs it)",
                  done.info.run_id)
-        shutil.rmtree(in_repo(config["state_dir"]) / identity["run_key"], ignore_errors=True)  # stopped at the end
+        shutil.rmtree(state_root, ignore_errors=True)  # stopped at the end
         return {**done.data.metrics, "run_id": done.info.run_id, "skipped": True}
 
-    data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"])
-    state = ResumeState(in_repo(config["state_dir"]) / identity["run_key"])
+    if done := finished_before():
+        return done
+    source, source_run = (pretrained_source(config, parent_run_id) if config["transfer"]["source_classes"]
+                          else (None, None))
+    data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
+                          config["data"]["classes"])
+    state = ResumeState(state_root, wait=role is not None)
+    if role is not None and (done := finished_before()):  # trained by the job we waited for
+        state.release()
+        return done
     tags = {**{f"{tracking.TAG}{key}": value for key, value in identity.items()}, **tracking.git_tags(),
-            **override_tags(overrides), f"{tracking.TAG}dataset": config["data"]["name"]}
+            **override_tags(overrides), f"{tracking.TAG}dataset": config["data"]["name"],
+            **({f"{tracking.TAG}role": role} if role else {}),
+            **({f"{tracking.TAG}source_run": source_run} if source_run else {})}
     run_id = tracking.start_run(client, experiment_id, state.run_id, parent_run_id,
-                                " ".join(overrides)[:100] or "default", tags)
+                                " ".join(overrides)[:100] or role or "default", tags)
     state.remember_run(run_id)
     try:
         with workspace(workdir) as folder:
-            result = record(config, data, client, run_id, state, folder)
+            result = record(config, data, client, run_id, state, folder, source)
         tracking.end_run(client, run_id, "FINISHED")
     except BaseException as error:
         if tracking.is_finished(client.get_run(run_id).info.status):  # stopped just after it was recorded
@@ -82,7 +102,7 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     return {**result, "run_id": run_id, "skipped": False}
 
 
-def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict:
+def record(config: dict, data, client, run_id: str, state, folder: Path, source=None) -> dict:
     """Inside the open run: params, dataset, training, metrics, model, figures, config."""
     import mlflow  # noqa: PLC0415
 
@@ -99,7 +119,7 @@ def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict
             sink(epoch, logs)
 
     try:
-        result = engine.fit_and_evaluate(config, data, state, sink, folder)
+        result = engine.fit_and_evaluate(config, data, state, sink, folder, source)
     finally:
         sink.flush()  # what was logged stays logged, also when training fails
     model, example = result.pop("model"), result.pop("example")
@@ -119,6 +139,23 @@ def record(config: dict, data, client, run_id: str, state, folder: Path) -> dict
     if config["diagnostics"]["enabled"]:
         mlflow.log_artifact(str(figures.gradients_by_depth(history, folder / "gradients.png")), "figures")
     return result
+
+
+def pretrained_source(config: dict, parent_run_id: str | None) -> tuple:
+    """A transfer recipe's source model and its run: trained once as its own run (or found finished), then loaded."""
+    import mlflow  # noqa: PLC0415
+
+    from src.config import source_config  # noqa: PLC0415
+    from src.errors import TrackingError  # noqa: PLC0415
+
+    classes = ",".join(map(str, config["transfer"]["source_classes"]))
+    result = train(source_config(config), parent_run_id=parent_run_id, role=f"source model (classes {classes})")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return mlflow.keras.load_model(f"runs:/{result['run_id']}/model"), result["run_id"]
+    except Exception as error:  # noqa: BLE001 (any failure to read it has the same fix)
+        raise TrackingError(f"cannot load the source model of run {result['run_id']} ({one_line(error)}); "
+                            "delete that run or re-run with force=true to train it again") from None
 
 
 def log_model(model, example) -> None:

@@ -10,6 +10,9 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -171,3 +174,43 @@ def fashion_npz(tmp_path_factory) -> Path:
     download("fashion_mnist", PARAMS["download"]["fashion_mnist"], root / "raw", mirror)
     prepare("fashion_mnist", root / "raw", root / "fashion_mnist.npz", PARAMS["prepare"]["fashion_mnist"])
     return root / "fashion_mnist.npz"
+
+
+# -- a working copy of the repository, for DVC end to end -------------------------------------------
+
+def copy_repo(work: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, copied into a new git repo."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return work
+
+
+def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+DATA_STAGES = ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mnist", "prepare@cifar10")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A copy of the repository where `dvc repro` of the data stages has run once, from the mirror."""
+    mirror = require_mirror()
+    work = copy_repo(tmp_path_factory.mktemp("clone") / "repo")
+    env = {**os.environ, "CH11_DATA_MIRROR": str(mirror), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    first = dvc("repro", *DATA_STAGES, cwd=work, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return work, env, first.stdout
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(pipeline) -> Path:
+    """data/prepared/cifar10.npz made by the real data stages from the mirror."""
+    return pipeline[0] / "data" / "prepared" / "cifar10.npz"

@@ -9,21 +9,32 @@ import sys
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from conftest import REPO
+from conftest import PARAMS, REPO
 from src.config import validate
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
-# Beyond a few hundred images, one epoch, one seed: 24 jobs of a 50-layer MLP are shrunk to 5 layers.
-EXTRA_SHRINK = {"init_activation": ["model.depth=5"]}
+SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300"}
+# Beyond that: 24 jobs of a 50-layer MLP shrunk to 5 layers; transfer needs an epoch after the frozen
+# one, and its source model one epoch; CIFAR-10's 1cycle arm sets its own epochs.
+EXTRA_SHRINK = {"init_activation": {"model.depth": "5"},
+                "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1"}}
+EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own child run
 
 
 def sweep_of(name: str) -> dict[str, list[str]]:
+    """The experiment's swept values per key, expanded as Hydra does (a,b,c and range(...))."""
     text = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
     params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
-    return {key: str(value).split(",") for key, value in params.items()}
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    return {override.get_key_element(): [str(v) for v in override.sweep_string_iterator()] for override in parsed}
+
+
+def test_params_list_every_experiment_file():
+    assert sorted(PARAMS["experiments"]["datasets"]) == EXPERIMENTS
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -50,19 +61,21 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_an_experiment_runs_end_to_end_shrunk(name, fashion_npz, tmp_path):
+def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+    npz = request.getfixturevalue(f"{'cifar' if PARAMS['experiments']['datasets'][name] == 'cifar10' else 'fashion'}_npz")
+    shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,
+              "state_dir": str(tmp_path / "state"), "hydra.sweep.dir": str(tmp_path / "sweep")}
     result = subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", f"experiment={name}", "seed=42", "epochs=1",
-         f"data.path={fashion_npz}", "data.train_size=300", f"tracking.uri={store}",
-         f"state_dir={tmp_path / 'state'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *EXTRA_SHRINK.get(name, [])],
+        [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *(f"{k}={v}" for k, v in shrink.items())],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     expected = math.prod(len(values) for key, values in sweep_of(name).items() if key != "seed")
+    expected += EXTRA_RUNS.get(name, 0)
     assert len(runs) == expected + 1 and len(children) == expected
     assert all(run.info.status == "FINISHED" for run in runs)
     assert all(0 <= run.data.metrics["test_accuracy"] <= 1 for run in children)

@@ -1,51 +1,25 @@
-"""The real pipeline on the real datasets: `dvc repro` in a copy of the repository,
-fed from the offline mirror, then checks of what it produced (slow: about a minute)."""
+"""The real data pipeline on the real datasets: `dvc repro` of the data stages in a copy of
+the repository, fed from the offline mirror, then checks of what it produced (slow: about a minute)."""
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PARAMS, REPO, require_mirror
+from conftest import DATA_STAGES, PARAMS, REPO, dvc
 from src.data.load import load_prepared
 
 pytestmark = pytest.mark.slow
 
 
-def dvc(*args, cwd, env):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
-    """A copy of the repository's tracked files where `dvc repro` has run once."""
-    mirror = require_mirror()
-    work = tmp_path_factory.mktemp("clone") / "repo"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, tracked):
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    env = {**os.environ, "CH11_DATA_MIRROR": str(mirror), "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    first = dvc("repro", cwd=work, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    return work, env, first.stdout
-
-
 def test_second_repro_finds_nothing_to_do(pipeline):
     work, env, first = pipeline
-    for stage in ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mnist", "prepare@cifar10"):
+    for stage in DATA_STAGES:
         assert f"Running stage '{stage}'" in first
-    again = dvc("repro", cwd=work, env=env)
+    again = dvc("repro", *DATA_STAGES, cwd=work, env=env)
     assert again.returncode == 0 and "Data and pipelines are up to date." in again.stdout
     assert "Running stage" not in again.stdout
 

@@ -74,14 +74,18 @@ def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
 
 
 def reshape_splits(data: Prepared, train_size: int | None = None,
-                   validation_split: float | None = None) -> Prepared:
+                   validation_split: float | None = None, classes: list[int] | None = None) -> Prepared:
     """The splits a run trains on.
 
-    train_size keeps the first train_size training images. validation_split works as
+    classes keeps only the images of those classes in every split, relabelled 0, 1, ... in
+    the order given (the book's transfer tasks: [0, 2] makes T-shirt/top 0 and Pullover 1);
+    it applies first, so train_size then counts images of the kept classes. train_size keeps the first train_size training images. validation_split works as
     Keras's fit argument does in the seed notebook: train and valid are rejoined into the
     full training file in its original order, cut to train_size, and its last fraction
     held out for validation.
     """
+    if classes is not None:
+        data = class_subset(data, classes)
     arrays = dict(data.arrays)
     x, y = arrays["x_train"], arrays["y_train"]
     if validation_split is not None:
@@ -100,6 +104,21 @@ def reshape_splits(data: Prepared, train_size: int | None = None,
         x, y = x[:-held_out], y[:-held_out]
     arrays.update(x_train=x, y_train=y)
     return Prepared(arrays, data.meta, data.path)
+
+
+def class_subset(data: Prepared, classes: list[int]) -> Prepared:
+    names = data.class_names
+    if len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < len(names) for c in classes):
+        raise ConfigError(f"data.classes={classes} must list at least 2 distinct class indices of "
+                          f"{data.meta['dataset']} (0..{len(names) - 1})")
+    relabel = np.full(len(names), -1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    arrays = {}
+    for split in SPLITS:
+        x, y = data.split(split)
+        keep = relabel[y] >= 0
+        arrays.update({f"x_{split}": x[keep], f"y_{split}": relabel[y[keep]].astype(y.dtype)})
+    return Prepared(arrays, {**data.meta, "class_names": [names[c] for c in classes]}, data.path)
 
 
 def make_datasets(data: Prepared, batch_size: int, scale: str = "unit", flatten: bool = False,

@@ -1,0 +1,224 @@
+"""The `report` stage: every experiment's summary beside the published numbers.
+
+    python -m src.report.build [--runs runs] [--out reports]
+
+Reads runs/<experiment>/summary.json of each experiment params.yaml lists (the experiment
+stages' outputs) and reports/published.yaml; writes reports/results.md, reports/metrics.json (DVC metrics),
+reports/curves/*.csv (DVC plots) and reports/figures/*.png. Everything is written to a
+temporary folder first and moved into place at the end: a failed report leaves the last
+good one whole.
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from src.report import plots
+from src.report.stats import arm_metric, paired_difference, spread, verdict
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
+# Extra columns per experiment, where the experiment is about them.
+EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",), "cifar10_mlp": ("test_mc_dropout_accuracy",)}
+# Curves exported as CSV for `dvc plots show`: (experiment, curve key).
+PLOTTED_CURVES = (("optimizers", "val_accuracy"), ("schedules", "val_accuracy"), ("schedules", "learning_rate"))
+
+
+def load_summaries(runs_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The summaries of the experiments the pipeline lists (params.yaml), in its order."""
+    summaries = {}
+    for name in names:
+        path = runs_dir / name / "summary.json"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} not found: run `dvc repro experiment@{name}` first")
+        summaries[name] = json.loads(path.read_text())
+    return summaries
+
+
+def build(summaries: dict[str, dict], published: dict, out: Path) -> None:
+    tolerance = published.get("tolerance", 0.015)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        (staging / "figures").mkdir()
+        (staging / "curves").mkdir()
+        sections, headline, metrics = [], [], {}
+        for name, summary in summaries.items():
+            book = published.get(name, {})
+            metric = book.get("metric", "val_accuracy")
+            figures = draw(summary, metric, book.get("arms", {}), staging / "figures")
+            sections.append(section(summary, metric, book, tolerance, figures))
+            headline += [row for row in comparison_rows(summary, metric, book, tolerance)]
+            metrics[name] = experiment_metrics(summary, metric)
+        export_curves(summaries, staging / "curves")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        (staging / "results.md").write_text(document(summaries, headline, sections, tolerance))
+        for item in OUTPUTS:  # each output replaced as a whole
+            target = out / item
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def draw(summary: dict, metric: str, book: dict, folder: Path) -> list[str]:
+    name = summary["experiment"]
+    drawn = [plots.learning_curves(summary, folder / f"{name}_curves.png"),
+             plots.comparison(summary, metric, book, folder / f"{name}_{metric}.png") if len(summary["arms"]) > 1
+             else None,
+             plots.gradients_by_depth(summary, folder / f"{name}_gradients.png") if name == "init_activation" else None]
+    return [path.name for path in drawn if path is not None]
+
+
+def comparison_rows(summary: dict, metric: str, book: dict, tolerance: float) -> list[str]:
+    rows = []
+    for arm, value in book.get("arms", {}).items():
+        ours = arm_metric(summary["arms"].get(arm, []), metric)
+        if ours is None:
+            rows.append(f"| {summary['experiment']} | {arm} | {metric} | (not run) | {value:.4f} | | |")
+            continue
+        rows.append(f"| {summary['experiment']} | {arm} | {metric} | {ours.shown()} (n={ours.n}) | {value:.4f} | "
+                    f"{(ours.mean - value) * 100:+.2f} | {verdict(ours, value, tolerance)} |")
+    return rows
+
+
+def section(summary: dict, metric: str, book: dict, tolerance: float, figures: list[str]) -> str:
+    name = summary["experiment"]
+    published = book.get("arms", {})
+    extra = EXTRA_METRICS.get(name, ())
+    columns = [metric, *(["test_accuracy"] if metric != "test_accuracy" else []), *extra]
+    lines = [f"## {name}", ""]
+    if book.get("source"):
+        lines += [f"Published: {book['source']}", ""]
+    header = ["arm", "n", *columns, "best val_accuracy", "epochs", "train time (s, mean)"]
+    if published:
+        header += ["published", "difference (pts)", "verdict"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, runs in summary["arms"].items():
+        values = [arm_metric(runs, column) for column in columns]
+        best, epochs = arm_metric(runs, "best_val_accuracy"), spread([run["epochs_run"] for run in runs])
+        diverged = sum(run["diverged"] for run in runs)
+        cells = [arm, f"{len(runs)}" + (f" ({diverged} diverged)" if diverged else ""),
+                 *[value.shown() if value else "—" for value in values], best.shown() if best else "—",
+                 f"{epochs.mean:.1f}" if epochs else "—", f"{spread([r['duration_s'] for r in runs]).mean:.0f}"]
+        if published:
+            ours = values[0]
+            if arm in published and ours is not None:
+                cells += [f"{published[arm]:.4f}", f"{(ours.mean - published[arm]) * 100:+.2f}",
+                          verdict(ours, published[arm], tolerance)]
+            else:
+                cells += ["—", "", "ours only"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *notes(summary), *[f"![{figure}](figures/{figure})" for figure in figures], ""]
+    return "\n".join(lines)
+
+
+def notes(summary: dict) -> list[str]:
+    """What a table alone does not say: the transfer gain's significance, the source model."""
+    lines = []
+    arms = summary["arms"]
+    if "scratch" in arms and "reuse" in arms:
+        paired = paired_difference(arms["scratch"], arms["reuse"], "test_accuracy")
+        if paired:
+            gap, t, p = paired
+            real = "a real gain at the 5% level" if p < 0.05 and gap.mean > 0 else "not a significant gain"
+            lines.append(f"B on A minus B from scratch, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± "
+                         f"{gap.std * 100:.2f} pts over {gap.n} seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). "
+                         f"Per seed the difference ranges from {min_max(arms, 'test_accuracy')}.")
+    for run in summary.get("source_runs", {}).values():
+        lines.append(f"Source model A (its own run, seed {run['seed']}): test accuracy {run['test_accuracy']:.4f} "
+                     f"on its 8 classes after {run['epochs_run']} epochs.")
+    return [*lines, ""] if lines else []
+
+
+def min_max(arms: dict, metric: str) -> str:
+    by_seed = {run["seed"]: run[metric] for run in arms["scratch"]}
+    gaps = [(run[metric] - by_seed[run["seed"]]) * 100 for run in arms["reuse"] if run["seed"] in by_seed]
+    return f"{min(gaps):+.2f} to {max(gaps):+.2f} pts"
+
+
+def experiment_metrics(summary: dict, metric: str) -> dict:
+    """reports/metrics.json: per experiment and arm, numbers only (what `dvc metrics show` lists)."""
+    result = {}
+    for arm, runs in summary["arms"].items():
+        values = {}
+        for key in dict.fromkeys((metric, "test_accuracy", *EXTRA_METRICS.get(summary["experiment"], ()))):
+            if stats := arm_metric(runs, key):
+                values.update({f"{key}_mean": round(stats.mean, 4), f"{key}_std": round(stats.std, 4)})
+        result[arm] = {**values, "n": len(runs)}
+    return result
+
+
+def export_curves(summaries: dict, folder: Path) -> None:
+    """Per-epoch means per arm, one column per arm: the data of `dvc plots show`."""
+    for name, key in PLOTTED_CURVES:
+        if name not in summaries:
+            continue
+        curves = {arm: plots.mean_curve(runs, key) for arm, runs in summaries[name]["arms"].items()}
+        curves = {arm: curve for arm, curve in curves.items() if curve is not None}
+        length = max((len(curve) for curve in curves.values()), default=0)
+        with open(folder / f"{name}_{key}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", *curves])
+            for epoch in range(length):
+                writer.writerow([epoch + 1, *(f"{c[epoch]:.6g}" if epoch < len(c) else "" for c in curves.values())])
+
+
+def document(summaries: dict, headline: list[str], sections: list[str], tolerance: float) -> str:
+    total = sum(run["duration_s"] for summary in summaries.values() for runs in summary["arms"].values()
+                for run in runs)
+    times = [f"| {name} | {sum(len(r) for r in s['arms'].values())} | "
+             f"{sum(run['duration_s'] for runs in s['arms'].values() for run in runs) / 60:.1f} |"
+             for name, s in summaries.items()]
+    return "\n".join([
+        "# Chapter 11, reproduced: results",
+        "",
+        "Generated by `dvc repro report` from `runs/<experiment>/summary.json` (each made from the experiment's "
+        "MLflow runs) and `reports/published.yaml`; do not edit by hand. Means and standard deviations are over "
+        f"seeds; a published number is matched when our mean is within {tolerance * 100:.1f} points of it, and "
+        "otherwise the verdict says whether our seed spread covers it (published values are single runs).",
+        "",
+        "## Against the published numbers",
+        "",
+        "| experiment | arm | metric | ours (mean ± std) | published | difference (pts) | verdict |",
+        "|---|---|---|---|---|---|---|",
+        *headline,
+        "",
+        "## Training time",
+        "",
+        "Sum of the runs' durations in MLflow (start to end, including evaluation and logging). With the "
+        "default `experiments.launch` two jobs run at a time, so a stage's wall time is lower: see the README.",
+        "",
+        "| experiment | runs | run time (min) |",
+        "|---|---|---|",
+        *times,
+        f"| all | {sum(len(r) for s in summaries.values() for r in s['arms'].values())} | {total / 60:.1f} |",
+        "",
+        *sections,
+    ])
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="folder of <experiment>/summary.json")
+    parser.add_argument("--out", type=Path, default=REPO / "reports", help="where results.md and the rest go")
+    parser.add_argument("--published", type=Path, default=REPO / "reports" / "published.yaml")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="experiments.datasets lists them")
+    args = parser.parse_args(argv)
+    names = list(yaml.safe_load(args.params.read_text())["experiments"]["datasets"])
+    summaries = load_summaries(args.runs, names)
+    published = yaml.safe_load(args.published.read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    build(summaries, published, args.out)
+    print(f"report of {len(summaries)} experiments -> {args.out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

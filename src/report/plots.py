@@ -1,0 +1,98 @@
+"""The report's figures, drawn from experiment summaries (runs/<name>/summary.json)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from src.figures import plt, save  # Agg backend, one way of saving
+from src.report.stats import arm_metric
+
+
+def mean_curve(runs: list[dict], key: str) -> np.ndarray | None:
+    """The per-epoch mean over seeds, as long as the shortest run (early stopping ends runs apart)."""
+    curves = [run["curves"][key] for run in runs if key in run["curves"] and not run["diverged"]]
+    if not curves:
+        return None
+    length = min(len(curve) for curve in curves)
+    return np.array([[np.nan if v is None else v for v in curve[:length]] for curve in curves]).mean(axis=0)
+
+
+def learning_curves(summary: dict, path: Path) -> Path | None:
+    """Validation accuracy (and, where it moves, the learning rate) per epoch, one line per arm."""
+    arms = {label: mean_curve(runs, "val_accuracy") for label, runs in summary["arms"].items()}
+    arms = {label: curve for label, curve in arms.items() if curve is not None and len(curve) > 1}
+    if not arms:
+        return None
+    rates = {label: mean_curve(runs, "learning_rate") for label, runs in summary["arms"].items()}
+    varying = {label: curve for label, curve in rates.items() if curve is not None and np.ptp(curve) > 0}
+    figure, axes = plt.subplots(1, 2 if varying else 1, figsize=(13 if varying else 7, 4.2), squeeze=False)
+    for label, curve in arms.items():
+        axes[0][0].plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+    axes[0][0].set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title=summary["experiment"])
+    axes[0][0].legend(fontsize=8)
+    axes[0][0].grid(alpha=0.3)
+    if varying:
+        for label, curve in varying.items():
+            axes[0][1].plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+        axes[0][1].set(xlabel="epoch", ylabel="learning rate (end of epoch)", yscale="log", title="learning rate")
+        axes[0][1].legend(fontsize=8)
+        axes[0][1].grid(alpha=0.3)
+    return save(figure, path)
+
+
+def depth_index(layer: str) -> int:
+    match = re.search(r"(\d+)$", layer)
+    return int(match.group(1)) if match else 10**6  # "output" last
+
+
+def gradients_by_depth(summary: dict, path: Path) -> Path | None:
+    """Gradient norm of each layer at initialisation against depth: one panel per activation,
+    one line per initialiser (arms labelled "activation, initializer"), geometric mean over seeds."""
+    panels: dict[str, dict[str, np.ndarray]] = {}
+    layers: list[str] = []
+    for label, runs in summary["arms"].items():
+        norms = [run["grad_norm"]["initial"] for run in runs if "grad_norm" in run]
+        if not norms:
+            continue
+        layers = sorted(norms[0], key=depth_index)
+        values = np.array([[norm.get(layer) or np.nan for layer in layers] for norm in norms], dtype=float)
+        activation, _, initializer = label.partition(", ")
+        panels.setdefault(activation, {})[initializer or activation] = np.exp(np.nanmean(np.log(values), axis=0))
+    if not panels:
+        return None
+    columns = 4
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False, sharex=True)
+    depth = np.arange(1, len(layers) + 1)
+    for axis, (activation, lines) in zip(axes.flat, panels.items(), strict=False):
+        for initializer, values in lines.items():
+            axis.plot(depth, values, label=initializer)
+        axis.set(yscale="log", title=activation, xlabel="layer (input side first, output last)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    axes[0][0].set_ylabel("gradient norm at initialisation")
+    figure.suptitle(f"{summary['experiment']}: per-layer gradient norm before training")
+    return save(figure, path)
+
+
+def comparison(summary: dict, metric: str, published: dict[str, float], path: Path) -> Path | None:
+    """Ours (mean ± std over seeds) per arm as bars, the published values as markers."""
+    labels = [label for label, runs in summary["arms"].items() if arm_metric(runs, metric)]
+    if not labels:
+        return None
+    stats = [arm_metric(summary["arms"][label], metric) for label in labels]
+    figure, axis = plt.subplots(figsize=(max(6, len(labels) * 0.9), 4))
+    axis.bar(labels, [s.mean for s in stats], yerr=[s.std for s in stats], capsize=4, color="tab:blue",
+             alpha=0.7, label="ours (mean ± std over seeds)")
+    book = [(index, published[label]) for index, label in enumerate(labels) if label in published]
+    if book:
+        axis.scatter(*zip(*book, strict=True), color="tab:red", marker="D", zorder=3, label="published")
+    low = min([s.mean - s.std for s in stats] + [value for _, value in book])
+    axis.set(ylabel=metric, ylim=(max(0, low - 0.03), None), title=f"{summary['experiment']}: {metric}")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    figure.autofmt_xdate(rotation=30)
+    return save(figure, path)

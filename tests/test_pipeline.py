@@ -1,0 +1,75 @@
+"""The experiment stages and the report, through `dvc repro`, in a copy of the repository:
+two experiments shrunk (one seed, one epoch, 300 images) on real Fashion-MNIST."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import copy_repo, dvc, require_mirror
+
+pytestmark = pytest.mark.slow
+EXPERIMENTS = {"seed_notebook": 2, "batchnorm": 3}  # name -> arms (jobs, at one seed)
+QUICK = "seed=42 epochs=1 data.train_size=300 tracking.log_model=false"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    shutil.rmtree(work / "runs", ignore_errors=True)  # the committed summaries of the full run
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["experiments"].update(datasets={name: "fashion_mnist" for name in EXPERIMENTS}, extra=QUICK)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    store = f"sqlite:///{work.parent / 'mlflow.db'}"
+    env = {**os.environ, "CH11_DATA_MIRROR": str(require_mirror()), "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    first = dvc("repro", "report", cwd=work, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return work, env, store, first.stdout
+
+
+def test_repro_runs_each_experiment_as_one_parent_run_with_its_children(pipeline):
+    work, _, store, output = pipeline
+    client = MlflowClient(store)
+    for name, arms in EXPERIMENTS.items():
+        assert f"Running stage 'experiment@{name}'" in output
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+        children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+        assert len(parents) == 1 and len(children) == arms
+        assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+        summary = json.loads((work / "runs" / name / "summary.json").read_text())
+        assert summary["parent_run_ids"] == [parents[0].info.run_id]
+        recorded = {run["run_id"] for runs in summary["arms"].values() for run in runs}
+        assert recorded == {run.info.run_id for run in children}
+
+
+def test_the_report_is_made_from_the_summaries(pipeline):
+    work, *_ = pipeline
+    results = (work / "reports" / "results.md").read_text()
+    assert "| seed_notebook | model1 | test_accuracy |" in results and "| batchnorm | after | val_accuracy |" in results
+    assert "## seed_notebook" in results and "## batchnorm" in results
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    assert set(metrics) == set(EXPERIMENTS) and metrics["batchnorm"]["after"]["n"] == 1
+    assert (work / "reports" / "figures" / "batchnorm_val_accuracy.png").stat().st_size > 0
+    shown = dvc("metrics", "show", "--json", cwd=work, env=pipeline[1])
+    assert shown.returncode == 0 and "seed_notebook" in shown.stdout
+
+
+def test_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(pipeline):
+    work, env, *_ = pipeline
+    again = dvc("repro", "report", cwd=work, env=env)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+
+    experiment = work / "conf" / "experiment" / "batchnorm.yaml"
+    experiment.write_text(experiment.read_text().replace("  depth: 2\n", "  depth: 2\n  l2: 0.0001\n"))
+    edited = dvc("repro", "report", cwd=work, env=env)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    ran = {line.split("'")[1] for line in edited.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"experiment@batchnorm", "report"}
