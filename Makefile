@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test data dag ui lock clean
+.PHONY: help install run test data report dag ui lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ run: $(STAMP) ## Run the pipeline: dvc repro (set CH11_DATA_MIRROR when offline)
 
 data: $(STAMP) ## Only the data stages (download, prepare)
 	$(BIN)/dvc repro prepare
+
+report: $(STAMP) ## Only what the report needs: the experiments that changed, then reports/results.md
+	$(BIN)/dvc repro report
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
