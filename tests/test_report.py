@@ -96,3 +96,17 @@ def test_a_summary_of_a_sweep_that_did_not_finish_says_how_to_run_it(tmp_path):
     with pytest.raises(TrackingError, match=r"jobs.json not found: the sweep of optimizers did not finish every job; "
                                             r"run `python -m src.train -m experiment=optimizers`"):
         summarize("optimizers", tmp_path)
+
+
+def test_the_gradient_figure_has_one_panel_per_activation(tmp_path):
+    from src.report.plots import gradients_by_depth
+
+    def with_norms(seed, scale):
+        layers = {f"hidden_{i:02d}": scale ** i for i in range(1, 6)} | {"output": 1.0}
+        return {**run(seed, 0.5), "grad_norm": {"initial": layers, "final": layers}}
+
+    arms = {f"{activation}, {init}": [with_norms(42, scale), with_norms(43, scale)]
+            for activation, scale in (("sigmoid", 0.5), ("relu", 1.0)) for init in ("glorot_uniform", "he_normal")}
+    path = gradients_by_depth(summary("init_activation", arms), tmp_path / "gradients.png")
+    assert path.stat().st_size > 10_000
+    assert gradients_by_depth(summary("optimizers", {"adam": [run(42, 0.8)]}), tmp_path / "none.png") is None

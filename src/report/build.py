@@ -116,7 +116,8 @@ def section(summary: dict, metric: str, book: dict, tolerance: float, figures: l
             else:
                 cells += ["—", "", "ours only"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *notes(summary), *[f"![{figure}](figures/{figure})" for figure in figures], ""]
+    lines += ["", *[f"Note on {arm}: {text}" + "\n" for arm, text in book.get("notes", {}).items()], *notes(summary),
+              *[f"![{figure}](figures/{figure})" for figure in figures], ""]
     return "\n".join(lines)
 
 

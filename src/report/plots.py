@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from src.figures import plt, save  # Agg backend, one way of saving
 from src.report.stats import arm_metric
@@ -31,13 +32,14 @@ def learning_curves(summary: dict, path: Path) -> Path | None:
         axes[0][0].plot(range(1, len(curve) + 1), curve, marker=".", label=label)
     axes[0][0].set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)", title=summary["experiment"])
     axes[0][0].legend(fontsize=8)
-    axes[0][0].grid(alpha=0.3)
+    for axis in axes[0]:
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if varying:
         for label, curve in varying.items():
             axes[0][1].plot(range(1, len(curve) + 1), curve, marker=".", label=label)
         axes[0][1].set(xlabel="epoch", ylabel="learning rate (end of epoch)", yscale="log", title="learning rate")
         axes[0][1].legend(fontsize=8)
-        axes[0][1].grid(alpha=0.3)
     return save(figure, path)
 
 
