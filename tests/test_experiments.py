@@ -64,7 +64,8 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
 def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
-    npz = request.getfixturevalue(f"{'cifar' if PARAMS['experiments']['datasets'][name] == 'cifar10' else 'fashion'}_npz")
+    cifar = PARAMS["experiments"]["datasets"][name] == "cifar10"
+    npz = request.getfixturevalue("cifar_npz" if cifar else "fashion_npz")
     shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,
               "state_dir": str(tmp_path / "state"), "hydra.sweep.dir": str(tmp_path / "sweep")}
     result = subprocess.run(

@@ -2,14 +2,11 @@
 the repository, fed from the offline mirror, then checks of what it produced (slow: about a minute)."""
 
 import hashlib
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import DATA_STAGES, PARAMS, REPO, dvc
+from conftest import DATA_STAGES, PARAMS, dvc
 from src.data.load import load_prepared
 
 pytestmark = pytest.mark.slow

@@ -83,7 +83,7 @@ def test_a_missing_summary_names_the_stage_to_run_and_keeps_the_last_report(runs
     make_report(runs_dir)
     before = (runs_dir / "reports" / "results.md").read_text()
     (runs_dir / "runs" / "optimizers" / "summary.json").unlink()
-    with pytest.raises(SystemExit, match=r"runs/optimizers/summary.json not found: run `dvc repro experiment@optimizers`"):
+    with pytest.raises(SystemExit, match=r"optimizers/summary.json not found: run `dvc repro experiment@optimizers`"):
         make_report(runs_dir)
     assert (runs_dir / "reports" / "results.md").read_text() == before
     assert not list((runs_dir / "reports").glob(".report-*"))

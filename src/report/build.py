@@ -54,7 +54,7 @@ def build(summaries: dict[str, dict], published: dict, out: Path) -> None:
             metric = book.get("metric", "val_accuracy")
             figures = draw(summary, metric, book.get("arms", {}), staging / "figures")
             sections.append(section(summary, metric, book, tolerance, figures))
-            headline += [row for row in comparison_rows(summary, metric, book, tolerance)]
+            headline += comparison_rows(summary, metric, book, tolerance)
             metrics[name] = experiment_metrics(summary, metric)
         export_curves(summaries, staging / "curves")
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

@@ -72,7 +72,8 @@ def run_record(client, tracking, run, params: dict) -> dict:
     }
     if "val_accuracy" in histories:
         record["best_val_accuracy"] = max((v for _, v in histories["val_accuracy"] if math.isfinite(v)), default=None)
-    norms = {key.removeprefix("grad_norm/"): values for key, values in histories.items() if key.startswith("grad_norm/")}
+    norms = {key.removeprefix("grad_norm/"): values for key, values in histories.items()
+             if key.startswith("grad_norm/")}
     if norms:  # gradient norm per layer at initialisation (step 0) and after the last epoch
         record["grad_norm"] = {"initial": {layer: finite(values[0][1]) for layer, values in sorted(norms.items())},
                                "final": {layer: finite(values[-1][1]) for layer, values in sorted(norms.items())}}
