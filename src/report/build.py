@@ -136,7 +136,7 @@ def notes(summary: dict) -> list[str]:
     for run in summary.get("source_runs", {}).values():
         lines.append(f"Source model A (its own run, seed {run['seed']}): test accuracy {run['test_accuracy']:.4f} "
                      f"on its 8 classes after {run['epochs_run']} epochs.")
-    return [*lines, ""] if lines else []
+    return [paragraph for line in lines for paragraph in (line, "")]
 
 
 def min_max(arms: dict, metric: str) -> str:

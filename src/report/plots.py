@@ -1,6 +1,7 @@
 """The report's figures, drawn from experiment summaries (runs/<name>/summary.json)."""
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +59,12 @@ def gradients_by_depth(summary: dict, path: Path) -> Path | None:
         if not norms:
             continue
         layers = sorted(norms[0], key=depth_index)
+        # A norm of 0 (underflow: sigmoid's vanishing gradients) has no place on a log axis: left out.
         values = np.array([[norm.get(layer) or np.nan for layer in layers] for norm in norms], dtype=float)
         activation, _, initializer = label.partition(", ")
-        panels.setdefault(activation, {})[initializer or activation] = np.exp(np.nanmean(np.log(values), axis=0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a layer that underflowed in every seed: NaN
+            panels.setdefault(activation, {})[initializer or activation] = np.exp(np.nanmean(np.log(values), axis=0))
     if not panels:
         return None
     columns = 4
