@@ -190,6 +190,12 @@ def copy_repo(work: Path) -> Path:
     return work
 
 
+def dvc_env(**extra: str) -> dict[str, str]:
+    """The environment `make run` gives DVC: the mirror, no analytics, this venv's `python` first."""
+    return {**os.environ, "CH11_DATA_MIRROR": str(require_mirror()), "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
 def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -201,10 +207,8 @@ DATA_STAGES = ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mn
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """A copy of the repository where `dvc repro` of the data stages has run once, from the mirror."""
-    mirror = require_mirror()
     work = copy_repo(tmp_path_factory.mktemp("clone") / "repo")
-    env = {**os.environ, "CH11_DATA_MIRROR": str(mirror), "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = dvc_env()
     first = dvc("repro", *DATA_STAGES, cwd=work, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     return work, env, first.stdout

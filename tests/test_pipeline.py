@@ -2,16 +2,13 @@
 two experiments shrunk (one seed, one epoch, 300 images) on real Fashion-MNIST."""
 
 import json
-import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_repo, dvc, require_mirror
+from conftest import copy_repo, dvc, dvc_env
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"seed_notebook": 2, "batchnorm": 3}  # name -> arms (jobs, at one seed)
@@ -26,9 +23,7 @@ def pipeline(tmp_path_factory):
     params["experiments"].update(datasets={name: "fashion_mnist" for name in EXPERIMENTS}, extra=QUICK)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = f"sqlite:///{work.parent / 'mlflow.db'}"
-    env = {**os.environ, "CH11_DATA_MIRROR": str(require_mirror()), "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = dvc_env(MLFLOW_TRACKING_URI=store, TF_CPP_MIN_LOG_LEVEL="3")
     first = dvc("repro", "report", cwd=work, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return work, env, store, first.stdout
