@@ -114,6 +114,23 @@ MLP = {
     "l2": number(0), "max_norm": optional(number(0, low_open=True)),
     "dropout_scope": choice("all", "last"), "output": choice("softmax", "sigmoid"),
 }
+
+
+def layer_ref(value) -> str | None:
+    if integer(0)(value) is None or (isinstance(value, str) and value):
+        return None
+    return "must be a layer index >= 0 or a layer name"
+
+
+MOBILENET_V2 = {
+    "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text,
+    "dropout": number(0, 1, high_open=True), "augment": choice("none", "flip", "flip_translate"),
+    "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text), "fine_tune_epochs": integer(0),
+    "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),
+}
+MODELS = {"mlp": MLP, "mobilenet_v2": MOBILENET_V2}  # model.name -> its keys (conf/model/<name>.yaml)
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # keras.applications.MobileNetV2's ImageNet weights
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
 # Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
 OPTIMIZER_ARGS = {
     "sgd": {"momentum": number(0, 1, high_open=True), "nesterov": boolean},
@@ -171,6 +188,10 @@ def validate(cfg: DictConfig | dict) -> dict:
         raise ConfigError(f"schedule.name={schedule_name!r} must be one of {', '.join(SCHEDULES)}; "
                           f"pick a file with schedule=<option>")
     schema["schedule"] = SCHEDULES[schedule_name]
+    model_name = config.get("model", {}).get("name") if isinstance(config.get("model"), dict) else None
+    if model_name not in MODELS:
+        raise ConfigError(f"model.name={model_name!r} must be one of {', '.join(MODELS)}; pick a file with model=<option>")
+    schema["model"] = MODELS[model_name]
     check_section(config, schema, "")
     check_combinations(config)
     return config
@@ -206,10 +227,23 @@ def shown(value: Any) -> str:
 
 def check_combinations(config: dict) -> None:
     """Values that are each fine but cannot work together."""
-    model, schedule = config["model"], config["schedule"]
+    schedule = config["schedule"]
     clips = [key for key in CLIPPING_KEYS if config["clipping"][key] is not None]
     if len(clips) > 1:
         raise ConfigError(f"clipping sets {' and '.join(clips)}; Keras takes one: pick clipping=value|norm|global_norm")
+    if schedule["name"] == "piecewise_constant_decay":
+        bounds, multipliers = schedule["boundaries"], schedule["multipliers"]
+        if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
+            raise ConfigError("schedule.boundaries must increase and schedule.multipliers have one more item "
+                              f"(found {bounds} and {multipliers})")
+    if config["model"]["name"] == "mobilenet_v2":
+        check_pretrained(config)
+    else:
+        check_mlp(config)
+
+
+def check_mlp(config: dict) -> None:
+    model = config["model"]
     if model["activation"] == "selu" and model["batch_norm"] != "none":
         raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
                           ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
@@ -225,17 +259,38 @@ def check_combinations(config: dict) -> None:
     if transfer["source_classes"] and transfer["freeze_epochs"] >= config["epochs"]:
         raise ConfigError(f"transfer.freeze_epochs={transfer['freeze_epochs']} must be below epochs="
                           f"{config['epochs']}: the reused layers are unfrozen for the remaining epochs")
-    if schedule["name"] == "piecewise_constant_decay":
-        bounds, multipliers = schedule["boundaries"], schedule["multipliers"]
-        if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
-            raise ConfigError("schedule.boundaries must increase and schedule.multipliers have one more item "
-                              f"(found {bounds} and {multipliers})")
     if model["activation"] == "selu" and config["data"]["scale"] != "standard":
         log.warning("SELU self-normalises only on standardised inputs: consider data.scale=standard")
     if model["dropout_kind"] == "alpha_dropout" and model["activation"] != "selu" and model["dropout"] + model[
             "input_dropout"] > 0:
         log.warning("alpha_dropout is designed for SELU; with %s plain dropout is the usual choice",
                     model["activation"])
+
+
+def check_pretrained(config: dict) -> None:
+    """A pretrained base needs colour images at a size it was made for, and none of the MLP-only features."""
+    model, data = config["model"], config["data"]
+    if data["name"] != "cifar10":
+        raise ConfigError(f"model={model['name']} needs 3-channel images: use data=cifar10 ({data['name']} is greyscale)")
+    if data["resize"] is None or data["flatten"]:
+        raise ConfigError(f"model={model['name']} needs image tensors at its input size: set data.resize (e.g. "
+                          "[96, 96]) and data.flatten=false")
+    height, width = data["resize"]
+    if height < 32 or width < 32:
+        raise ConfigError(f"data.resize={data['resize']}: MobileNetV2 needs at least 32 x 32 pixels")
+    if model["weights"] == "imagenet" and (model["alpha"] not in IMAGENET_ALPHAS or height != width
+                                           or height not in IMAGENET_SIZES):
+        raise ConfigError(f"ImageNet weights exist for model.alpha in {list(IMAGENET_ALPHAS)} and square inputs of "
+                          f"{list(IMAGENET_SIZES)} pixels, not alpha {model['alpha']} at {height}x{width}; change "
+                          "them or use model.weights=none")
+    if config["transfer"]["source_classes"] is not None:
+        raise ConfigError("transfer.* reuses layers of an MLP trained on other classes; with "
+                          f"model={model['name']} set transfer.source_classes=null")
+    if config["mc_dropout_samples"] > 0:
+        raise ConfigError(f"mc_dropout_samples is for the MLP models; set it to 0 with model={model['name']}")
+    if model["weights"] != "none" and data["scale"] != "symmetric":
+        log.warning("data.scale=%s: MobileNetV2's pretrained weights expect inputs in [-1, 1] (data.scale=symmetric)",
+                    data["scale"])
 
 
 def config_hash(config: dict) -> str:

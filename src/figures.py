@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,6 +52,24 @@ def gradients_by_depth(history: History, path: Path) -> Path:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(steps) <= 12:
         left.legend(fontsize=7)
+    return save(figure, path)
+
+
+def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
+    """Test-set counts, true class down, predicted across; each row shaded by its share."""
+    counts = np.asarray(matrix)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(7.5, 6.5))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if shares[row, column] > 0.5 else "black")
+    ticks = range(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    axis.set(xlabel="predicted", ylabel="true", title=f"test set: accuracy {accuracy:.4f}")
+    figure.colorbar(image, ax=axis, label="share of the true class")
     return save(figure, path)
 
 

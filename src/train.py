@@ -33,6 +33,8 @@ from src.config import flatten, run_identity, validate
 from src.errors import LabError, one_line
 
 REPO = Path(__file__).resolve().parents[1]
+ENGINES = {"mlp": "src.engine", "mobilenet_v2": "src.pretrained.engine"}  # model.name -> what trains it
+PRETRAINED = ("mobilenet_v2",)  # families on a pretrained base, whose weights are checked before a run starts
 log = logging.getLogger("src.train")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before it loads
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a transfer job loads its source model
@@ -53,7 +55,7 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
     prepared = load_prepared(in_repo(config["data"]["path"]))
-    identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash())
+    identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash(config["model"]["name"]))
     state_root = in_repo(config["state_dir"]) / identity["run_key"]
 
     def finished_before() -> dict | None:
@@ -67,6 +69,10 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
 
     if done := finished_before():
         return done
+    if config["model"]["name"] in PRETRAINED:  # fetch or find the base's weights: fail now, not mid-run
+        from src.pretrained.model import weights_file
+
+        weights_file(config["model"], config["data"]["resize"][0])
     source, source_run = (pretrained_source(config, parent_run_id) if config["transfer"]["source_classes"]
                           else (None, None))
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
@@ -104,6 +110,8 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
 
 def record(config: dict, data, client, run_id: str, state, folder: Path, source=None) -> dict:
     """Inside the open run: params, dataset, training, metrics, model, figures, config."""
+    import importlib
+
     import mlflow  # noqa: PLC0415
 
     from src import engine, figures, tracking  # noqa: PLC0415
@@ -119,10 +127,11 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
             sink(epoch, logs)
 
     try:
-        result = engine.fit_and_evaluate(config, data, state, sink, folder, source)
+        fit_and_evaluate = importlib.import_module(ENGINES[config["model"]["name"]]).fit_and_evaluate
+        result = fit_and_evaluate(config, data, state, sink, folder, source)
     finally:
         sink.flush()  # what was logged stays logged, also when training fails
-    model, example = result.pop("model"), result.pop("example")
+    model, example, confusion = result.pop("model"), result.pop("example"), result.pop("confusion_matrix", None)
     sink(result["epochs_run"], result)
     sink.flush()
     if result["diverged_at_epoch"]:
@@ -136,7 +145,12 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
     history = tracking.metric_histories(client, run_id, ("loss", "accuracy", "val_", "learning_rate", "grad_norm/",
                                                          "act_std/"))
     mlflow.log_artifact(str(figures.learning_curves(history, folder / "learning_curves.png")), "figures")
-    if config["diagnostics"]["enabled"]:
+    if confusion is not None:
+        mlflow.log_dict({"class_names": data.class_names, "rows_true_columns_predicted": confusion},
+                        "confusion_matrix.json")
+        mlflow.log_artifact(str(figures.confusion_matrix(confusion, data.class_names, folder / "confusion_matrix.png")),
+                            "figures")
+    if config["diagnostics"]["enabled"] and config["model"]["name"] == "mlp":
         mlflow.log_artifact(str(figures.gradients_by_depth(history, folder / "gradients.png")), "figures")
     return result
 

@@ -4,6 +4,9 @@ import re
 import subprocess
 import tomllib
 
+import pytest
+import yaml
+
 from conftest import REPO
 
 
@@ -34,3 +37,40 @@ def test_make_help_lists_the_two_commands():
 def test_ci_runs_make_test_with_the_mirror():
     script = (REPO / ".ci" / "run").read_text()
     assert "make test" in script and "CH11_DATA_MIRROR" in script and "shared/mirror" in script
+
+
+# -- what a result depends on: the run key's code hash and the experiment stages' deps agree -------
+
+# Modules that choose, record, print or draw, and the data stages (DVC tracks those by their own deps).
+WIRING = {"src/__init__.py", "src/train.py", "src/config.py", "src/tracking.py", "src/sweep.py", "src/cli.py",
+          "src/errors.py", "src/figures.py", "src/params.py", "src/data/download.py", "src/data/prepare.py",
+          "src/data/idx.py", "src/data/cifar.py"}
+
+
+def test_every_module_is_result_code_or_declared_wiring():
+    from src.tracking import RESULT_CODE, result_files
+
+    computing = {str(path.relative_to(REPO)) for family in RESULT_CODE if family != "common"
+                 for path in result_files(family)}
+    modules = {str(path.relative_to(REPO)) for path in (REPO / "src").rglob("*.py")}
+    unclassified = modules - computing - WIRING - {str(p.relative_to(REPO)) for p in (REPO / "src/report").rglob("*.py")}
+    assert not unclassified, f"add {sorted(unclassified)} to RESULT_CODE in src/tracking.py (and dvc.yaml) or to WIRING"
+    assert not computing & WIRING
+
+
+@pytest.mark.parametrize(("stage", "family"), [("experiment", "mlp"), ("pretrained", "mobilenet_v2")])
+def test_experiment_stages_depend_on_exactly_the_result_code_of_their_family(stage, family):
+    from src.tracking import RESULT_CODE
+
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["do"]["deps"]
+    code = {dep for dep in deps if dep.startswith("src/")}
+    assert code == {*RESULT_CODE["common"], *RESULT_CODE[family], "src/report/summary.py"}
+
+
+def test_a_familys_code_hash_leaves_out_the_other_familys_code():
+    from src.tracking import code_hash, result_files
+
+    mlp = {str(path.relative_to(REPO)) for path in result_files("mlp")}
+    assert not any(name.startswith("src/pretrained/") for name in mlp)
+    assert "src/pretrained/engine.py" in {str(path.relative_to(REPO)) for path in result_files("mobilenet_v2")}
+    assert code_hash("mlp") != code_hash("mobilenet_v2") and len(code_hash("mlp")) == 64

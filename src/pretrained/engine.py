@@ -1,0 +1,182 @@
+"""Fine-tuning a pretrained base (model.name=mobilenet_v2): the two phases, read top to bottom.
+
+    phase 1  `epochs` epochs: base frozen, only the new head trains. With no augmentation
+             and model.feature_cache set, the head trains on the base's pooled features,
+             computed once (src/pretrained/features.py) instead of every epoch.
+    phase 2  `model.fine_tune_epochs` more: the base's top (from model.fine_tune_from) is
+             unfrozen, BN stays in inference mode, a fresh optimizer at learning rate x
+             model.fine_tune_lr_factor. Epoch numbers run on, so the MLflow curve is continuous.
+
+Same contract as src.engine.fit_and_evaluate (train.py calls either): resume state,
+callbacks, a metric sink, NaN handling; the result adds the test set's confusion matrix.
+"""
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from src import callbacks as cbs
+from src.data.load import Prepared, make_datasets, shuffled_epochs, steps_per_epoch
+from src.engine import configure_runtime, standard_callbacks
+from src.errors import TrainingError
+from src.optim import build_optimizer
+from src.pretrained.features import cache_key, pooled_features
+from src.pretrained.model import (
+    TransferModel,
+    build_transfer_model,
+    unfreeze_top,
+    weights_digest,
+    weights_file,
+)
+from src.resume import Backup, ResumeState
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+FEATURE_BATCH = 128  # inference only: a bigger batch is faster and changes nothing
+
+
+def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, workdir: Path,
+                     source: keras.Model | None = None) -> dict:
+    configure_runtime(config)
+    cfg, batch_size = config["model"], config["batch_size"]
+    size = tuple(config["data"]["resize"])
+    model = build_transfer_model(cfg, (*size, 3), len(data.class_names), weights_file(cfg, size[0]))
+    if config["diagnostics"]["enabled"]:
+        log.info("gradient diagnostics are for the MLP models: not computed for %s", cfg["name"])
+    head_epochs, total = config["epochs"], config["epochs"] + cfg["fine_tune_epochs"]
+    steps = steps_per_epoch(len(data.split("train")[0]), batch_size)
+    cached = cfg["feature_cache"] is not None and cfg["augment"] == "none"
+    features, extra = {}, {}
+    if cached:
+        features, extra = head_features(config, data, model, ("train", "valid"))
+
+    stateful = standard_callbacks(config, workdir)
+    progress = state.progress()
+    start, history = progress["epochs_done"], progress["history"]
+    if start:
+        log.info("resuming after epoch %d of %d from %s", start, total, state.latest())
+    backup = Backup(state, history, stateful)
+    order = [cbs.EpochStats(), *stateful, backup, cbs.MetricLogger(sink)]
+    phases = [(head_epochs, False)] + ([(total, True)] if total > head_epochs else [])
+    saved_phase = progress.get("phase", 0)
+    for index, (end, fine_tune) in enumerate(phases):
+        begin = phases[index - 1][0] if index else 0
+        if index < saved_phase:
+            continue  # finished before the stop: the saved state belongs to a later phase
+        trained = model.head if cached and not fine_tune else model.full
+        if fine_tune:
+            unfrozen = unfreeze_top(model.base, cfg["fine_tune_from"])
+            log.info("phase 2: %d base layers unfrozen from %s, learning rate x %s", unfrozen,
+                     cfg["fine_tune_from"], cfg["fine_tune_lr_factor"])
+        compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin))
+        if index == saved_phase and start:
+            state.restore(trained, stateful, optimizer=start < end)
+        if start >= end:
+            continue
+        backup.phase = index
+        train, valid = phase_pipelines(config, data, features if trained is model.head else None,
+                                       max(start, begin), end, steps)
+        trained.fit(train, epochs=end, initial_epoch=max(start, begin), steps_per_epoch=steps,
+                    validation_data=valid, callbacks=order, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+        if history and not np.isfinite(history[-1].get("loss", np.nan)):
+            break
+
+    diverged = bool(history) and not np.isfinite(history[-1].get("loss", np.nan))
+    if diverged and config["on_nan"] == "fail":
+        raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate "
+                            "(or model.fine_tune_lr_factor), or check the inputs' scale")
+    test = ordered(config, data, "test")
+    if cached and len(phases) == 1:  # the base never changed: the head on its (cached) test features
+        probabilities = model.head.predict(head_features(config, data, model, ("test",))[0]["test"],
+                                           batch_size=FEATURE_BATCH, verbose=0)
+    else:
+        probabilities = model.full.predict(test, verbose=0)
+    return {**test_scores(probabilities, data.split("test")[1], len(data.class_names)), **extra,
+            "epochs_run": len(history), "diverged_at_epoch": len(history) if diverged else 0,
+            "model": model.full, "example": next(iter(test))[0].numpy()[:3]}
+
+
+def head_features(config: dict, data: Prepared, model: TransferModel, splits: tuple[str, ...]) -> tuple[dict, dict]:
+    """The pooled features of these splits, from the cache or computed (and cached) now."""
+    started = time.perf_counter()
+    key = cache_key(data, splits, weights_digest(model.base), config)
+    folder = Path(config["model"]["feature_cache"])
+    extractor = keras.Model(model.full.input, model.full.get_layer("pool").output)
+
+    def compute() -> dict[str, np.ndarray]:
+        return {split: extractor.predict(ordered(config, data, split), verbose=0).astype(np.float32)
+                for split in splits}
+
+    features, hit = pooled_features(folder if folder.is_absolute() else REPO / folder, key, splits, compute)
+    return features, {"feature_cache_hit": float(hit), "feature_time_s": time.perf_counter() - started}
+
+
+def ordered(config: dict, data: Prepared, split: str):
+    """One split in file order, scaled and resized like training batches (for inference)."""
+    x, y = data.split(split)
+    alone = Prepared({**data.arrays, "x_valid": x, "y_valid": y}, data.meta, data.path)
+    return make_datasets(alone, FEATURE_BATCH, scale=config["data"]["scale"], resize=tuple(config["data"]["resize"]),
+                         cache=False, epochs=0)["valid"]
+
+
+def phase_pipelines(config: dict, data: Prepared, features: dict | None, begin: int, end: int, steps: int):
+    """(train, valid) of epochs begin..end-1: on features when given, else on images (augmented if asked)."""
+    seed, batch_size = config["seed"], config["batch_size"]
+    if features is not None:
+        train = shuffled_epochs(tf, features["train"], data.split("train")[1], batch_size, seed, begin, end)
+        valid = tf.data.Dataset.from_tensor_slices((features["valid"], data.split("valid")[1])).batch(batch_size)
+        return train.prefetch(tf.data.AUTOTUNE), valid.prefetch(tf.data.AUTOTUNE)
+    pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], resize=tuple(config["data"]["resize"]),
+                              seed=seed, epochs=end, start_epoch=begin)
+    train = pipelines["train"]
+    if config["model"]["augment"] != "none":
+        train = augmented(train, config["model"], seed, first_step=begin * steps)
+    return train, pipelines["valid"]
+
+
+def augmented(batches, cfg: dict, seed: int, first_step: int):
+    """Random horizontal flips (and shifts of up to model.translate of the size, zero-filled).
+
+    Stateless: batch n of the run draws from (seed, n), so a resumed run sees the same
+    augmented images as an uninterrupted one.
+    """
+    def augment(step, batch):
+        images, labels = batch
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(first_step, tf.int64) + step])
+        images = tf.image.stateless_random_flip_left_right(images, seed=key)
+        if cfg["augment"] == "flip_translate":
+            count, height = tf.shape(images)[0], tf.cast(tf.shape(images)[1], tf.float32)
+            reach = tf.round(cfg["translate"] * (height - 1))
+            shifts = tf.round(tf.random.stateless_uniform((count, 2), seed=key + 1, minval=-reach, maxval=reach))
+            offsets = shifts / (height - 1)  # a box shifted by whole pixels, sampled pixel for pixel
+            boxes = tf.concat([offsets, offsets + 1.0], axis=1)
+            images = tf.image.crop_and_resize(images, boxes, tf.range(count), tf.shape(images)[1:3], method="nearest")
+        return images, labels
+
+    return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def compile_phase(model: keras.Model, config: dict, fine_tune: bool, total_steps: int) -> None:
+    """Phase 2 gets a fresh optimizer at the lower learning rate (what was learned for the head stays)."""
+    if fine_tune:
+        config = copy.deepcopy(config)
+        config["optimizer"]["learning_rate"] *= config["model"]["fine_tune_lr_factor"]
+    model.compile(optimizer=build_optimizer(config, total_steps=total_steps), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
+
+
+def test_scores(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, cross-entropy (clipped as Keras does) and the confusion matrix (rows: true class)."""
+    predicted = probabilities.argmax(axis=1)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return {"test_accuracy": float(np.mean(predicted == labels)), "test_loss": float(-np.mean(np.log(picked))),
+            "confusion_matrix": matrix.tolist()}
+
