@@ -23,6 +23,10 @@ SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300"}
 EXTRA_SHRINK = {"init_activation": {"model.depth": "5"},
                 "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1"}}
 EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own child run
+# MobileNetV2 on 32 x 32 inputs from a random init, fine-tuning 1 epoch instead of 5.
+EXTRA_SHRINK["mobilenet_v2_cifar10"] = {"data.resize": "[32,32]", "model.weights": "none",
+                                        "model.fine_tune_epochs": "0,1", "batch_size": "64"}
+DATASETS = {**PARAMS["experiments"]["datasets"], **PARAMS["experiments"]["pretrained"]}
 
 
 def sweep_of(name: str) -> dict[str, list[str]]:
@@ -34,7 +38,7 @@ def sweep_of(name: str) -> dict[str, list[str]]:
 
 
 def test_params_list_every_experiment_file():
-    assert sorted(PARAMS["experiments"]["datasets"]) == EXPERIMENTS
+    assert sorted(DATASETS) == EXPERIMENTS
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -64,10 +68,12 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
 def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
-    cifar = PARAMS["experiments"]["datasets"][name] == "cifar10"
+    cifar = DATASETS[name] == "cifar10"
     npz = request.getfixturevalue("cifar_npz" if cifar else "fashion_npz")
     shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,
               "state_dir": str(tmp_path / "state"), "hydra.sweep.dir": str(tmp_path / "sweep")}
+    if name in PARAMS["experiments"]["pretrained"]:
+        shrink["model.feature_cache"] = str(tmp_path / "features")
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *(f"{k}={v}" for k, v in shrink.items())],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
