@@ -211,9 +211,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="folder of <experiment>/summary.json")
     parser.add_argument("--out", type=Path, default=REPO / "reports", help="where results.md and the rest go")
     parser.add_argument("--published", type=Path, default=REPO / "reports" / "published.yaml")
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="experiments.datasets lists them")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="experiments.datasets and .pretrained list them")
     args = parser.parse_args(argv)
-    names = list(yaml.safe_load(args.params.read_text())["experiments"]["datasets"])
+    experiments = yaml.safe_load(args.params.read_text())["experiments"]
+    names = [*experiments["datasets"], *experiments.get("pretrained", {})]
     summaries = load_summaries(args.runs, names)
     published = yaml.safe_load(args.published.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
