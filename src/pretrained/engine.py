@@ -74,7 +74,9 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
             unfrozen = unfreeze_top(model.base, cfg["fine_tune_from"])
             log.info("phase 2: %d base layers unfrozen from %s, learning rate x %s", unfrozen,
                      cfg["fine_tune_from"], cfg["fine_tune_lr_factor"])
-        compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin))
+        compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin),
+                      steps_per_execution=head_steps_per_execution(config, steps) if trained is model.head
+                      else config["steps_per_execution"])
         if index == saved_phase and start:
             state.restore(trained, stateful, optimizer=start < end)
         if start >= end:
@@ -162,13 +164,24 @@ def augmented(batches, cfg: dict, seed: int, first_step: int):
     return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def compile_phase(model: keras.Model, config: dict, fine_tune: bool, total_steps: int) -> None:
+def compile_phase(model: keras.Model, config: dict, fine_tune: bool, total_steps: int,
+                  steps_per_execution: int) -> None:
     """Phase 2 gets a fresh optimizer at the lower learning rate (what was learned for the head stays)."""
     if fine_tune:
         config = copy.deepcopy(config)
         config["optimizer"]["learning_rate"] *= config["model"]["fine_tune_lr_factor"]
     model.compile(optimizer=build_optimizer(config, total_steps=total_steps), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
+
+
+def head_steps_per_execution(config: dict, steps: int, most: int = 64) -> int:
+    """For the head on features, where a step is tiny and Keras's per-call overhead dominates:
+    many steps per compiled call, the same updates. It must divide the steps of an epoch:
+    a call runs on into the next epoch's batches otherwise (the training data is one stream).
+    """
+    if steps % config["steps_per_execution"] == 0 and config["steps_per_execution"] > 1:
+        return config["steps_per_execution"]
+    return max(divisor for divisor in range(1, min(most, steps) + 1) if steps % divisor == 0)
 
 
 def test_scores(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
