@@ -1,0 +1,57 @@
+"""What every benchmark shares: the spread of repeated timings, the machine, the config.
+
+Each benchmark module runs alone (`python -m benchmarks.<name> --json out.json`) and
+writes a JSON whose "figures" list is what `make bench` (benchmarks/report.py) puts in
+reports/benchmarks.md: one row per figure, a ratio measured side by side in one run.
+"""
+
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min, max and count of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def figure(name: str, ratios: list[float], target: float | None, detail: str, higher_is_better: bool = True) -> dict:
+    """One row of the report: a ratio's spread over repeats, its target and whether it was met."""
+    stats = spread(ratios)
+    met = None if target is None else (stats["median"] >= target if higher_is_better else stats["median"] <= target)
+    return {"name": name, **stats, "target": target, "higher_is_better": higher_is_better, "met": met,
+            "detail": detail}
+
+
+def machine() -> dict:
+    """The CPU, its cores and memory, and the versions that decide the timings."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    memory = next((int(line.split()[1]) // 1024 ** 2 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "memory_gib": memory,
+            "avx512": "avx512f" in flags, "amx_bf16": "amx_bf16" in flags, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """The validated training config, as the engine sees it (plain dicts)."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    from src.config import validate  # noqa: PLC0415
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return validate(compose("config", overrides))
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(payload, indent=1) + "\n")
+        os.replace(partial, path)
