@@ -73,7 +73,7 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
         end, frozen = phases[index]
         for layer in reused:
             layer.trainable = not frozen
-        compile_model(model, config, total_steps=steps * epochs)
+        compile_model(model, config, total_steps=steps * epochs, steps=steps)
         if index == current:  # the saved optimizer state belongs to the phase it was saved in
             state.restore(model, stateful, optimizer=progress.get("phase", 0) == index)
         begin = max(start, phases[index - 1][0] if index else 0)
@@ -105,11 +105,21 @@ def training_phases(config: dict) -> list[tuple[int, bool]]:
     return [(freeze, True), (config["epochs"], False)] if freeze else [(config["epochs"], False)]
 
 
-def compile_model(model: keras.Model, config: dict, total_steps: int) -> None:
+def compile_model(model: keras.Model, config: dict, total_steps: int, steps: int) -> None:
     binary = config["model"]["output"] == "sigmoid"
     model.compile(optimizer=build_optimizer(config, total_steps=total_steps),
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_call(config["steps_per_execution"], steps))
+
+
+def steps_per_call(requested: int, steps: int) -> int:
+    """Batches per compiled call: the smallest divisor of an epoch's steps that is >= requested.
+
+    Keras runs whole calls, and our training data is one stream across epochs: a call size
+    that does not divide the epoch runs the epoch's last call on into the next epoch's
+    batches, shifting every epoch boundary (per-epoch metrics, schedules, early stopping).
+    """
+    return next(size for size in range(min(requested, steps), steps + 1) if steps % size == 0)
 
 
 def standard_callbacks(config: dict, workdir: Path) -> list[keras.callbacks.Callback]:

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, shuffled_epochs, steps_per_epoch
-from src.engine import configure_runtime, standard_callbacks
+from src.engine import configure_runtime, standard_callbacks, steps_per_call
 from src.errors import TrainingError
 from src.optim import build_optimizer
 from src.pretrained.features import cache_key, pooled_features
@@ -39,6 +39,7 @@ from src.resume import Backup, ResumeState
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_BATCH = 128  # inference only: a bigger batch is faster and changes nothing
+HEAD_STEPS_PER_CALL = 64  # at least, for the head on cached features (same updates, fewer calls)
 
 
 def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, workdir: Path,
@@ -74,9 +75,10 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
             unfrozen = unfreeze_top(model.base, cfg["fine_tune_from"])
             log.info("phase 2: %d base layers unfrozen from %s, learning rate x %s", unfrozen,
                      cfg["fine_tune_from"], cfg["fine_tune_lr_factor"])
+        # The head on features: a step is tiny and Keras's per-call overhead dominates, so many per call.
+        requested = max(config["steps_per_execution"], HEAD_STEPS_PER_CALL if trained is model.head else 1)
         compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin),
-                      steps_per_execution=head_steps_per_execution(config, steps) if trained is model.head
-                      else config["steps_per_execution"])
+                      steps_per_execution=steps_per_call(requested, steps))
         if index == saved_phase and start:
             state.restore(trained, stateful, optimizer=start < end)
         if start >= end:
@@ -172,16 +174,6 @@ def compile_phase(model: keras.Model, config: dict, fine_tune: bool, total_steps
         config["optimizer"]["learning_rate"] *= config["model"]["fine_tune_lr_factor"]
     model.compile(optimizer=build_optimizer(config, total_steps=total_steps), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
-
-
-def head_steps_per_execution(config: dict, steps: int, most: int = 64) -> int:
-    """For the head on features, where a step is tiny and Keras's per-call overhead dominates:
-    many steps per compiled call, the same updates. It must divide the steps of an epoch:
-    a call runs on into the next epoch's batches otherwise (the training data is one stream).
-    """
-    if steps % config["steps_per_execution"] == 0 and config["steps_per_execution"] > 1:
-        return config["steps_per_execution"]
-    return max(divisor for divisor in range(1, min(most, steps) + 1) if steps % divisor == 0)
 
 
 def test_scores(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
