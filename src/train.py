@@ -49,12 +49,13 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     """
     config = validate(cfg)
     from src import tracking  # noqa: PLC0415 (heavy imports: only when a job really runs)
-    from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
+    from src.data.load import reshape_splits  # noqa: PLC0415
+    from src.data.shared import prepared_once  # noqa: PLC0415
     from src.resume import ResumeState  # noqa: PLC0415
 
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
-    prepared = load_prepared(in_repo(config["data"]["path"]))
+    prepared = prepared_once(in_repo(config["data"]["path"]))
     identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash(config["model"]["name"]))
     state_root = in_repo(config["state_dir"]) / identity["run_key"]
 
