@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test data report dag ui lock clean
+.PHONY: help install run test bench data report dag ui lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,10 @@ report: $(STAMP) ## Only what the report needs: the experiments that changed, th
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Run every benchmark: reports/benchmarks.md and .json (about 15 min on 2 cores)
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m benchmarks.report $(BENCH_ARGS)
 
 dag: $(STAMP) ## Show the pipeline graph
 	$(BIN)/dvc dag

@@ -1,0 +1,97 @@
+"""`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
+
+    python -m benchmarks.report                     # all of them: ~15 minutes on 2 cores
+    python -m benchmarks.report --only levers flops # some
+    python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
+
+Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
+process) and measures its sides alternately in that one run, so every figure is a ratio
+measured side by side; repeats give its spread (median, min, max). The report is written
+to a temporary file and renamed, so a failed benchmark leaves the last good report whole.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, machine, write_json
+
+# name -> (arguments for the full run, arguments for --quick)
+BENCHMARKS = {
+    "levers": (["--epochs", "3", "--repeats", "3", "--train-size", "20000"],
+               ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
+    "sweep": (["--repeats", "2", "--epochs", "2", "--train-size", "20000"],
+              ["--repeats", "1", "--epochs", "1", "--train-size", "2000"]),
+    "startup": (["--repeats", "3"], ["--repeats", "1"]),
+    "flops": (["--repeats", "3"], ["--repeats", "1", "--steps", "512"]),
+    "train_overhead": (["--epochs", "4", "--repeats", "3"], ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
+    "feature_cache": (["--epochs", "10", "--repeats", "2"], ["--epochs", "2", "--repeats", "1"]),
+}
+
+
+def run(name: str, arguments: list[str], folder: Path) -> dict:
+    out = folder / f"{name}.json"
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *arguments, "--json", str(out)], cwd=REPO,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True)
+    if result.returncode != 0 or not out.is_file():
+        raise SystemExit(f"error: benchmark {name} failed (exit {result.returncode}): "
+                         f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
+    print(result.stdout.strip().splitlines()[-1], flush=True)
+    return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - started, "arguments": arguments}
+
+
+def verdict(row: dict) -> str:
+    if row["target"] is None:
+        return "measured" if row["met"] is None else ("yes" if row["met"] else "NO")
+    sign = ">=" if row["higher_is_better"] else "<="
+    return f"{sign} {row['target']}: {'met' if row['met'] else 'NOT met'}"
+
+
+def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
+    lines = ["# Benchmarks", "",
+             f"Made by `make bench` (`python -m benchmarks.report{' --quick' if quick else ''}`) on "
+             f"{about['date']}: {about['cpu']}, {about['cores']} cores, {about['memory_gib']} GiB, AVX-512 "
+             f"{'yes' if about['avx512'] else 'no'}, AMX-BF16 {'yes' if about['amx_bf16'] else 'no'}; Python "
+             f"{about['python']}, {about['platform']}. Every figure is a ratio of two sides measured alternately in "
+             "one run; median (min, max) over the repeats. Shared machines are noisy: compare ratios, not seconds.",
+             "", "| benchmark | figure | ratio, median (min, max) | repeats | target | details |", "|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for row in result["figures"]:
+            lines.append(f"| `{name}` | {row['name']} | x{row['median']:.2f} ({row['min']:.2f}, {row['max']:.2f}) | "
+                         f"{row['n']} | {verdict(row)} | {row['detail']} |")
+    lines += ["", "| benchmark | arguments | wall time |", "|---|---|---|"]
+    lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s |"
+              for name, result in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps: checks that all runs")
+    parser.add_argument("--out", type=Path, default=REPO / "reports", help="where benchmarks.md and .json go")
+    args = parser.parse_args()
+    about = {**machine(), "date": datetime.date.today().isoformat()}
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        for name in args.only:
+            print(f"{name}: running", flush=True)
+            results[name] = run(name, BENCHMARKS[name][args.quick], Path(folder))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "benchmarks.json", {"machine": about, "quick": args.quick, "results": results})
+    partial = args.out / ".benchmarks.md.partial"
+    partial.write_text(markdown(results, about, args.quick))
+    os.replace(partial, args.out / "benchmarks.md")
+    print(f"wrote {args.out / 'benchmarks.md'} and benchmarks.json "
+          f"({sum(result['wall_s'] for result in results.values()):.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
