@@ -43,7 +43,7 @@ class ValidatingSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        parent = ParentRun(configs[0], sweep_dir, arguments, len(jobs))
+        parent = ParentRun(configs, sweep_dir, arguments)
         results, failures, index, skipped = [], [], 0, 0
         try:
             for batch in batches:
@@ -115,16 +115,27 @@ def report_failures(failures: list, n_jobs: int, parent: "ParentRun") -> None:
 class ParentRun:
     """The sweep's MLflow parent run, created in the launching process before any job."""
 
-    def __init__(self, config: dict, sweep_dir: Path, arguments: list[str], n_jobs: int):
+    def __init__(self, configs: list[dict], sweep_dir: Path, arguments: list[str]):
         from src import tracking  # noqa: PLC0415 (MLflow only when a sweep really runs)
 
+        config = configs[0]
         self.client = tracking.connect(config["tracking"])  # creates the schema before parallel jobs race
         experiment_id = tracking.ensure_experiment(self.client, config["name"], config["tracking"])
         tags = {f"{tracking.TAG}sweep_dir": str(sweep_dir), f"{tracking.TAG}overrides": " ".join(arguments),
-                f"{tracking.TAG}jobs": str(n_jobs), **tracking.git_tags()}
+                f"{tracking.TAG}jobs": str(len(configs)), **tracking.git_tags()}
         self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "experiment_id": experiment_id}))
         self.ended = False
+        for name, path in {(job["data"]["name"], job["data"]["path"]) for job in configs}:
+            self.log_dataset(tracking, name, Path(path) if Path(path).is_absolute() else tracking.REPO / path)
+
+    def log_dataset(self, tracking, name: str, path: Path) -> None:
+        """The dataset's row, made here before the jobs start: parallel jobs would race to insert it."""
+        try:
+            digest = json.loads(path.with_suffix(".json").read_text())["npz_sha256"][:20]
+        except (OSError, ValueError, KeyError):
+            return  # missing or corrupt: each job stops with the data error that says how to fix it
+        tracking.log_dataset(self.client, self.run_id, name, path, digest, "training")
 
     def end(self, status: str, reason: str | None = None) -> None:
         if self.ended:

@@ -6,6 +6,7 @@ same place whatever the working directory. It is checked before any training sta
 """
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -15,9 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from src.errors import TrackingError, one_line
 
@@ -140,6 +142,27 @@ class MetricSink:
     def flush(self) -> None:
         while self.pending:
             self.pending.pop(0).wait()
+
+
+def log_dataset(client: MlflowClient, run_id: str, name: str, path: Path, digest: str, context: str,
+                attempts: int = 3) -> None:
+    """The prepared dataset as an MLflow input of the run.
+
+    The store checks for the experiment's dataset row, then inserts it: jobs that log the
+    same new dataset at once race on its UNIQUE key, and the loser finds the row when it
+    tries again. (A sweep's parent logs its datasets first, so its own jobs never race;
+    two sweeps started together still can.)
+    """
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": str(path)}))
+    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if "unique constraint" not in str(error).lower() or attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def logged_steps(client: MlflowClient, run_id: str, key: str = "loss") -> set[int]:

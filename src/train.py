@@ -121,7 +121,8 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
     sink = tracking.MetricSink(client, run_id)
     progress = state.progress()
     if progress["epochs_done"] == 0:
-        mlflow.log_input(dataset_input(config, data), context="training")
+        tracking.log_dataset(client, run_id, config["data"]["name"], data.path, data.meta["npz_sha256"][:20],
+                             "training")
     logged = tracking.logged_steps(client, run_id)
     for epoch, logs in enumerate(progress["history"], start=1):  # backed up, not yet logged: the crash window
         if epoch not in logged:
@@ -197,14 +198,6 @@ def log_model(model, example) -> None:
                                    pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
     finally:
         keras_save._save_example = original
-
-
-def dataset_input(config: dict, data):
-    from mlflow.data.meta_dataset import MetaDataset  # noqa: PLC0415
-    from mlflow.data.sources import LocalArtifactDatasetSource  # noqa: PLC0415
-
-    return MetaDataset(LocalArtifactDatasetSource(str(data.path)), name=config["data"]["name"],
-                       digest=data.meta["npz_sha256"][:20])
 
 
 def override_tags(overrides) -> dict[str, str]:
