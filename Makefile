@@ -46,7 +46,7 @@ report: $(STAMP) ## Only what the report needs: the experiments that changed, th
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Run every benchmark: reports/benchmarks.md and .json (about 15 min on 2 cores)
+bench: $(STAMP) ## Run every benchmark: reports/benchmarks.md and .json (about 18 min on 2 cores)
 	$(BIN)/dvc repro prepare
 	$(BIN)/python -m benchmarks.report $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
 
-    python -m benchmarks.report                     # all of them: ~15 minutes on 2 cores
+    python -m benchmarks.report                     # all of them: ~18 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
 
@@ -30,8 +30,10 @@ BENCHMARKS = {
               ["--repeats", "1", "--epochs", "1", "--train-size", "2000"]),
     "startup": (["--repeats", "3"], ["--repeats", "1"]),
     "flops": (["--repeats", "3"], ["--repeats", "1", "--steps", "512"]),
-    "train_overhead": (["--epochs", "4", "--repeats", "3"], ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
+    "train_overhead": (["--epochs", "4", "--repeats", "3", "--train-size", "20000"],
+                       ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
     "feature_cache": (["--epochs", "10", "--repeats", "2"], ["--epochs", "2", "--repeats", "1"]),
+    "headline": (["--train-size", "20000"], ["--experiments", "seed_notebook", "--train-size", "2000"]),
 }
 
 
@@ -43,8 +45,10 @@ def run(name: str, arguments: list[str], folder: Path) -> dict:
     if result.returncode != 0 or not out.is_file():
         raise SystemExit(f"error: benchmark {name} failed (exit {result.returncode}): "
                          f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
-    print(result.stdout.strip().splitlines()[-1], flush=True)
-    return {**json.loads(out.read_text()), "wall_s": time.perf_counter() - started, "arguments": arguments}
+    measured = {**json.loads(out.read_text()), "wall_s": time.perf_counter() - started, "arguments": arguments}
+    for row in measured["figures"]:
+        print(f"  {row['name']}: x{row['median']:.2f} ({verdict(row)})", flush=True)
+    return measured
 
 
 def verdict(row: dict) -> str:

@@ -1,0 +1,141 @@
+"""Headline: chapter experiments on Fashion-MNIST, run by our pipeline against the notebook way.
+
+    python -m benchmarks.headline                      # make bench's: 3 experiments, seed 42, 20,000 images: ~6 min
+    python -m benchmarks.headline --experiments seed_notebook batchnorm optimizers schedules \\
+        regularization clipping callbacks_combo deep_selu_vs_relu init_activation --train-size 0 --seeds all
+                                                       # the chapter's Fashion-MNIST sweeps in full (hours)
+
+Both sides run the same jobs (each experiment's own sweep, narrowed to --seeds), with the
+same epochs, seeds, batch sizes and data (the first --train-size training images; 0: all):
+
+  pipeline  `python -m src.train -m experiment=<name> ...` per experiment with the fastest
+            safe settings: hydra/launcher=parallel threads=1 (two single-threaded jobs at a
+            time) and steps_per_execution=32 (the same updates, fewer Python round trips);
+            everything else as a user gets it: MLflow runs into a fresh SQLite store,
+            gradient diagnostics, resume state, the logged model, figures.
+  notebook  one Python process, plain Keras, one job after another with Keras's defaults
+            (steps_per_execution=1, TensorFlow on every core): the job's model, optimizer and
+            callbacks from our builders, model.fit on NumPy arrays (x/255, or standardised
+            where the experiment says so), then evaluate on the test set. No tracking.
+
+Timed: each side's wall time for all the jobs, start-up included (the notebook side counts
+from its imports). The numbers: each job's test accuracy on both sides, paired; the sides
+shuffle differently (Keras's shuffle vs our per-epoch permutations), so they agree within
+seed noise, not to the digit. transfer_ab is not run here: the notebook way has no shared
+source model. Target (the issue): the pipeline in at most half the notebook's time.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks.common import REPO, figure, write_json  # noqa: E402
+
+TARGET = 2.0
+FASTEST = ["hydra/launcher=parallel", "threads=1", "steps_per_execution=32"]
+
+
+def shrink(train_size: int, seeds: str) -> list[str]:
+    return [f"data.train_size={train_size or 'null'}", *([] if seeds == "all" else [f"seed={seeds}"])]
+
+
+def pipeline(experiments: list[str], extra: list[str], folder: Path) -> tuple[float, dict]:
+    """Our pipeline's wall time and {experiment: [(job overrides, test accuracy), ...]}."""
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    store = f"sqlite:///{folder}/mlflow.db"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
+    started, jobs = time.perf_counter(), {}
+    for name in experiments:
+        sweep = folder / "sweeps" / name
+        command = [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *extra, *FASTEST,
+                   f"tracking.uri={store}", f"state_dir={folder}/state", f"hydra.sweep.dir={sweep}"]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"pipeline {name} failed (exit {result.returncode}): {result.stderr[-1500:]}")
+        jobs[name] = json.loads((sweep / "jobs.json").read_text())["jobs"]
+    seconds = time.perf_counter() - started
+    client = MlflowClient(store)
+    return seconds, {name: [(job["params"], client.get_run(job["run_id"]).data.metrics["test_accuracy"])
+                            for job in records] for name, records in jobs.items()}
+
+
+def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict]:
+    """The same jobs the notebook way, in this process; its wall time and test accuracies."""
+    started = time.perf_counter()
+    import keras  # noqa: PLC0415 (timed: the notebook pays its imports too)
+
+    from benchmarks.common import compose_config  # noqa: PLC0415
+    from src.data.load import load_prepared, reshape_splits, scaling  # noqa: PLC0415
+    from src.engine import standard_callbacks  # noqa: PLC0415
+    from src.models import BUILDERS  # noqa: PLC0415
+    from src.optim import build_optimizer  # noqa: PLC0415
+
+    full = load_prepared(REPO / "data" / "prepared" / "fashion_mnist.npz")
+    accuracies = {}
+    for name, records in jobs.items():
+        accuracies[name] = []
+        for params in records:
+            config = compose_config([f"experiment={name}", *extra, *(f"{k}={v}" for k, v in params.items())])
+            data = reshape_splits(full, config["data"]["train_size"], config["validation_split"])
+            offset, factor = scaling(data, config["data"]["scale"])
+            (x, y), (x_valid, y_valid), (x_test, y_test) = (
+                ((images - offset) * factor, labels) for images, labels in map(data.split, ("train", "valid", "test")))
+            keras.utils.set_random_seed(config["seed"])
+            model = BUILDERS[config["model"]["name"]](config["model"], x.shape[1:], len(data.class_names))
+            steps = -(-len(x) // config["batch_size"])
+            model.compile(optimizer=build_optimizer(config, total_steps=steps * config["epochs"]),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            with tempfile.TemporaryDirectory() as workdir:
+                model.fit(x, y, batch_size=config["batch_size"], epochs=config["epochs"],
+                          validation_data=(x_valid, y_valid), callbacks=standard_callbacks(config, Path(workdir)),
+                          verbose=0)
+            accuracies[name].append((params, model.evaluate(x_test, y_test, verbose=0)[1]))
+            keras.backend.clear_session()
+    return time.perf_counter() - started, accuracies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiments", nargs="+", default=["seed_notebook", "batchnorm", "optimizers"])
+    parser.add_argument("--train-size", type=int, default=20000, help="first N training images; 0: all")
+    parser.add_argument("--seeds", default="42", help="a seed, a Hydra list (42,43) or all (the sweep's own)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (pipeline, notebook)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if "transfer_ab" in args.experiments:
+        parser.error("transfer_ab has no notebook-way counterpart here (its source model is shared by the jobs)")
+    began, extra = time.perf_counter(), shrink(args.train_size, args.seeds)
+    runs = []
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-headline-") as folder:
+            ours, ours_accuracy = pipeline(args.experiments, extra, Path(folder))
+        jobs = {name: [params for params, _ in records] for name, records in ours_accuracy.items()}
+        theirs, theirs_accuracy = notebook(jobs, extra)
+        runs.append({"pipeline_s": ours, "notebook_s": theirs, "pipeline": ours_accuracy, "notebook": theirs_accuracy})
+        print(f"repeat {repeat + 1}/{args.repeats}: pipeline {ours:.0f} s, notebook {theirs:.0f} s", flush=True)
+    gaps = [a - b for run in runs for name in args.experiments
+            for (_, a), (_, b) in zip(run["pipeline"][name], run["notebook"][name], strict=True)]
+    count = len(gaps) // len(runs)
+    row = figure(f"headline: {', '.join(args.experiments)} ({count} jobs, seeds {args.seeds}, "
+                 f"{args.train_size or 'all'} images), notebook way vs our pipeline: wall time",
+                 [run["notebook_s"] / run["pipeline_s"] for run in runs], TARGET,
+                 f"pipeline {statistics.median(r['pipeline_s'] for r in runs):.0f} s vs notebook "
+                 f"{statistics.median(r['notebook_s'] for r in runs):.0f} s; test accuracy, pipeline minus notebook, "
+                 f"per job: mean {statistics.mean(gaps) * 100:+.2f} pts, largest {max(gaps, key=abs) * 100:+.2f} pts")
+    print(f"{row['name']}: x{row['median']:.2f} (target >= {TARGET}: {'met' if row['met'] else 'NOT met'})\n"
+          f"    {row['detail']}")
+    write_json(args.json, {"benchmark": "headline", "settings": vars(args) | {"json": None}, "runs": runs,
+                           "figures": [row], "seconds": time.perf_counter() - began})
+
+
+if __name__ == "__main__":
+    main()
