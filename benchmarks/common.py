@@ -50,6 +50,22 @@ def compose_config(overrides: list[str]) -> dict:
         return validate(compose("config", overrides))
 
 
+def verdict(row: dict) -> str:
+    """A figure's target and whether it was met ("measured" where it has none)."""
+    if row["target"] is None:
+        return "measured" if row["met"] is None else ("yes" if row["met"] else "NO")
+    sign = ">=" if row["higher_is_better"] else "<="
+    return f"{sign} {row['target']}: {'met' if row['met'] else 'NOT met'}"
+
+
+def finish(benchmark: str, json_path: Path | None, figures: list[dict], **measured) -> None:
+    """Print each figure and write the benchmark's JSON (what benchmarks.report reads)."""
+    for row in figures:
+        print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f}; {verdict(row)})\n"
+              f"    {row['detail']}")
+    write_json(json_path, {"benchmark": benchmark, **measured, "figures": figures})
+
+
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
         partial = path.with_name(f".{path.name}.partial")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, write_json  # noqa: E402
+from benchmarks.common import REPO, compose_config, figure, finish  # noqa: E402
 
 TARGET = 5.0
 DEFAULT_WEIGHTS = "models/mobilenet_v2_0.35_96_cifar10.weights.h5"
@@ -102,10 +102,7 @@ def main() -> None:
                  f"rerun from the cache x{direct / statistics.median(r['training_s'] for r in runs['hit']):.1f}; "
                  f"largest val_accuracy gap {gap * 100:.2f} points (target <= 1)")
     row["met"] = row["met"] and gap <= 0.01
-    print(f"target: >= {TARGET}x with the cache (first run) and val_accuracy within 1 point: x{row['median']:.1f}, "
-          f"largest gap {gap * 100:.2f} points -> {'met' if row['met'] else 'NOT met'}")
-    write_json(args.json, {"benchmark": "feature_cache", "settings": vars(args) | {"json": None}, "runs": runs,
-                           "figures": [row]})
+    finish("feature_cache", args.json, [row], settings=vars(args) | {"json": None}, runs=runs)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import figure, spread, write_json  # noqa: E402
+from benchmarks.common import figure, finish, spread  # noqa: E402
 
 BATCH, LAYERS = 32, (784, 100, 100, 100, 10)
 STEP_FLOPS = 2 * BATCH * (3 * sum(a * b for a, b in zip(LAYERS, LAYERS[1:])) - LAYERS[0] * LAYERS[1])
@@ -130,11 +130,8 @@ def main() -> None:
                f"{median['fit_spe1'] / 1e9:.1f} GFLOP/s; the CPU's large-matmul peak: {peak / 1e9:.0f} GFLOP/s "
                f"(these shapes reach {median['matmul'] / peak:.0%} of it)"),
     ]
-    for row in rows:
-        print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f})\n    {row['detail']}")
-    write_json(args.json, {"benchmark": "flops", "settings": vars(args) | {"json": None}, "step_flops": STEP_FLOPS,
-                           "seconds": seconds, "peak_flops": peaks, "per_step_us": per_step, "figures": rows,
-                           "wall_s": time.perf_counter() - began})
+    finish("flops", args.json, rows, settings=vars(args) | {"json": None}, step_flops=STEP_FLOPS, seconds=seconds,
+           peak_flops=peaks, per_step_us=per_step, wall_s=time.perf_counter() - began)
 
 
 if __name__ == "__main__":

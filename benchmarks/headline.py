@@ -37,7 +37,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, figure, write_json  # noqa: E402
+from benchmarks.common import REPO, figure, finish  # noqa: E402
 
 TARGET = 2.0
 FASTEST = ["hydra/launcher=parallel", "threads=1", "steps_per_execution=32"]
@@ -131,10 +131,8 @@ def main() -> None:
                  f"pipeline {statistics.median(r['pipeline_s'] for r in runs):.0f} s vs notebook "
                  f"{statistics.median(r['notebook_s'] for r in runs):.0f} s; test accuracy, pipeline minus notebook, "
                  f"per job: mean {statistics.mean(gaps) * 100:+.2f} pts, largest {max(gaps, key=abs) * 100:+.2f} pts")
-    print(f"{row['name']}: x{row['median']:.2f} (target >= {TARGET}: {'met' if row['met'] else 'NOT met'})\n"
-          f"    {row['detail']}")
-    write_json(args.json, {"benchmark": "headline", "settings": vars(args) | {"json": None}, "runs": runs,
-                           "figures": [row], "seconds": time.perf_counter() - began})
+    finish("headline", args.json, [row], settings=vars(args) | {"json": None}, runs=runs,
+           seconds=time.perf_counter() - began)
 
 
 if __name__ == "__main__":

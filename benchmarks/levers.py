@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, spread, write_json  # noqa: E402
+from benchmarks.common import REPO, compose_config, figure, finish, spread  # noqa: E402
 
 SPE_TARGET = 2.0
 
@@ -107,12 +107,8 @@ def main() -> None:
     began = time.perf_counter()
     runs = measure(args.epochs, args.repeats, args.train_size, args.spe)
     figures = summarise(runs, args.spe)
-    for row in figures:
-        verdict = "" if row["met"] is None else f" (target >= {row['target']}: {'met' if row['met'] else 'NOT met'})"
-        print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f}){verdict}\n"
-              f"    {row['detail']}")
-    write_json(args.json, {"benchmark": "levers", "settings": vars(args) | {"json": None}, "runs": runs,
-                           "figures": figures, "seconds": time.perf_counter() - began})
+    finish("levers", args.json, figures, settings=vars(args) | {"json": None}, runs=runs,
+           seconds=time.perf_counter() - began)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, machine, write_json
+from benchmarks.common import REPO, machine, verdict, write_json
 
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS = {
@@ -49,13 +49,6 @@ def run(name: str, arguments: list[str], folder: Path) -> dict:
     for row in measured["figures"]:
         print(f"  {row['name']}: x{row['median']:.2f} ({verdict(row)})", flush=True)
     return measured
-
-
-def verdict(row: dict) -> str:
-    if row["target"] is None:
-        return "measured" if row["met"] is None else ("yes" if row["met"] else "NO")
-    sign = ">=" if row["higher_is_better"] else "<="
-    return f"{sign} {row['target']}: {'met' if row['met'] else 'NOT met'}"
 
 
 def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, figure, spread, write_json
+from benchmarks.common import REPO, figure, finish, spread
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
 PROBE = """
@@ -103,10 +103,8 @@ def main() -> None:
                f"{stats['ours']['median']:.2f} s vs {stats['bare']['median']:.2f} s", higher_is_better=False),
     ]
     rows[0]["met"] = clean  # the one hard requirement: no heavy import for --help and --cfg job
-    for row in rows:
-        print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f})\n    {row['detail']}")
-    write_json(args.json, {"benchmark": "startup", "settings": {"repeats": args.repeats}, "times": times,
-                           "imports": imports, "figures": rows, "seconds": time.perf_counter() - began})
+    finish("startup", args.json, rows, settings={"repeats": args.repeats}, times=times, imports=imports,
+           seconds=time.perf_counter() - began)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, figure, spread, write_json
+from benchmarks.common import REPO, figure, finish, spread
 
 TARGET = 1.3
 OPTIMIZERS = "sgd,momentum,adam,nadam"
@@ -75,10 +75,8 @@ def main() -> None:
                  f"{times['parallel']['median']:.1f} s vs {times['basic']['median']:.1f} s; every sweep: 1 parent + "
                  f"4 FINISHED children, no database errors: {'yes' if sound else 'NO'}")
     row["met"] = row["met"] and sound
-    print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f}) "
-          f"(target >= {TARGET}: {'met' if row['met'] else 'NOT met'})\n    {row['detail']}")
-    write_json(args.json, {"benchmark": "sweep", "settings": vars(args) | {"json": None}, "runs": runs,
-                           "figures": [row], "seconds": time.perf_counter() - began})
+    finish("sweep", args.json, [row], settings=vars(args) | {"json": None}, runs=runs,
+           seconds=time.perf_counter() - began)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from benchmarks.common import figure, write_json  # noqa: E402
+from benchmarks.common import figure, finish  # noqa: E402
 
 from src import engine  # noqa: E402
 from src.config import validate  # noqa: E402
@@ -175,10 +175,8 @@ def main() -> None:
                  [t["epoch"] / b["epoch"] for t, b in zip(runs["tracked"], runs["bare"], strict=True)], TARGET,
                  f"{stats['tracked']['median']:.3f} vs {stats['bare']['median']:.3f} s an epoch; our hooks "
                  f"{spent * 1000:.0f} ms an epoch", higher_is_better=False)
-    write_json(args.json, {"benchmark": "train_overhead", "epochs": args.epochs, "repeats": args.repeats,
-                           "train_size": args.train_size, "runs": runs, "stats": stats, "hooks_s": hooks,
-                           "ratio": ratio, "target": TARGET, "met": ratio <= TARGET, "seconds": seconds,
-                           "figures": [row]})
+    finish("train_overhead", args.json, [row], epochs=args.epochs, repeats=args.repeats, train_size=args.train_size,
+           runs=runs, stats=stats, hooks_s=hooks, seconds=seconds)
 
 
 if __name__ == "__main__":
