@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
 
     python -m benchmarks.report                     # all of them: ~18 minutes on 2 cores
-    python -m benchmarks.report --only levers flops # some
+    python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
@@ -63,8 +63,8 @@ def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
         for row in result["figures"]:
             lines.append(f"| `{name}` | {row['name']} | x{row['median']:.2f} ({row['min']:.2f}, {row['max']:.2f}) | "
                          f"{row['n']} | {verdict(row)} | {row['detail']} |")
-    lines += ["", "| benchmark | arguments | wall time |", "|---|---|---|"]
-    lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s |"
+    lines += ["", "| benchmark | arguments | wall time | measured on |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s | {result['date']} |"
               for name, result in results.items()]
     return "\n".join(lines) + "\n"
 
@@ -82,7 +82,15 @@ def main() -> None:
             print(f"{name}: running", flush=True)
             results[name] = run(name, BENCHMARKS[name][args.quick], Path(folder))
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "benchmarks.json", {"machine": about, "quick": args.quick, "results": results})
+    previous = args.out / "benchmarks.json"
+    if args.only != list(BENCHMARKS) and previous.is_file():  # keep the other benchmarks' last results
+        kept = json.loads(previous.read_text())
+        if not kept.get("quick") and not args.quick:
+            results = {name: kept["results"][name] | {"date": kept["results"][name].get("date", kept["machine"]["date"])}
+                       for name in BENCHMARKS if name in kept["results"] and name not in results} | results
+    for result in results.values():
+        result.setdefault("date", about["date"])
+    write_json(previous, {"machine": about, "quick": args.quick, "results": results})
     partial = args.out / ".benchmarks.md.partial"
     partial.write_text(markdown(results, about, args.quick))
     os.replace(partial, args.out / "benchmarks.md")

@@ -17,11 +17,15 @@ from conftest import PARAMS, REPO
 from src.config import validate
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
-SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300"}
+# Two single-threaded jobs at a time, as the pipeline runs them; no model logged (seconds a job).
+SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "hydra/launcher": "parallel", "threads": "1",
+          "tracking.log_model": "false"}
 # Beyond that: 24 jobs of a 50-layer MLP shrunk to 5 layers; transfer needs an epoch after the frozen
-# one, and its source model one epoch; CIFAR-10's 1cycle arm sets its own epochs.
+# one, its source model one epoch, and that model logged (the jobs load it from MLflow); CIFAR-10's
+# 1cycle arm sets its own epochs.
 EXTRA_SHRINK = {"init_activation": {"model.depth": "5"},
-                "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1"}}
+                "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1",
+                                "tracking.log_model": "true"}}
 EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own child run
 # MobileNetV2 on 32 x 32 inputs from a random init, fine-tuning 1 epoch instead of 5.
 EXTRA_SHRINK["mobilenet_v2_cifar10"] = {"data.resize": "[32,32]", "model.weights": "none",

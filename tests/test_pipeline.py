@@ -20,7 +20,7 @@ def pipeline(tmp_path_factory):
     work = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     shutil.rmtree(work / "runs", ignore_errors=True)  # the committed summaries of the full run
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["experiments"].update(datasets={name: "fashion_mnist" for name in EXPERIMENTS}, extra=QUICK)
+    params["experiments"].update(datasets={name: "fashion_mnist" for name in EXPERIMENTS}, pretrained={}, extra=QUICK)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = f"sqlite:///{work.parent / 'mlflow.db'}"
     env = dvc_env(MLFLOW_TRACKING_URI=store, TF_CPP_MIN_LOG_LEVEL="3")

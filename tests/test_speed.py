@@ -85,5 +85,6 @@ def test_the_startup_benchmark_measures_both_sides_and_the_report_shows_them(fas
     assert first_step["median"] > 0 and "s vs" in first_step["detail"]
     about = {"date": "today", "cpu": "cpu", "cores": 2, "memory_gib": 24, "avx512": True, "amx_bf16": True,
              "python": "3.11", "platform": "linux"}
-    page = markdown({"startup": {**measured, "wall_s": 10.0, "arguments": ["--repeats", "1"]}}, about, quick=True)
-    assert "| `startup` | command to first training step" in page and "| `startup` | `--repeats 1` | 10 s |" in page
+    page = markdown({"startup": {**measured, "wall_s": 10.0, "arguments": ["--repeats", "1"], "date": "today"}}, about,
+                    quick=True)
+    assert "| `startup` | command to first training step" in page and "| `startup` | `--repeats 1` | 10 s | today |" in page

@@ -2,6 +2,7 @@
 Fashion-MNIST images, into a temporary MLflow store read back with MlflowClient."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,14 +207,20 @@ def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_it(fashion_np
 
 
 def test_jobs_in_other_processes_are_children_of_the_sweep(fashion_npz, store, tmp_path, cli_env):
-    result = cli("-m", "hydra/launcher=parallel", "threads=1", "optimizer=adam,nadam",
+    """4 jobs, two processes, one fresh SQLite store: no lock, schema or duplicate-row errors.
+
+    The jobs used to race to insert the new dataset's row (sqlite3.IntegrityError); the
+    parent now logs it before they start."""
+    result = cli("-m", "hydra/launcher=parallel", "threads=1", "optimizer=sgd,momentum,adam,nadam",
                  *shrunk(fashion_npz, store, tmp_path, train_size=300), "epochs=1",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", env=cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not re.search(r"database is locked|IntegrityError|UNIQUE constraint", result.stdout + result.stderr)
     (parent,) = [run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags]
     children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
-    assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 2
+    assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 4
     assert all(run.info.status == "FINISHED" for run in runs(store))
+    assert {run.inputs.dataset_inputs[0].dataset.name for run in (parent, *children)} == {"fashion_mnist"}
 
 
 def test_a_dead_tracking_server_is_one_line_and_exit_2_on_the_command_line(tmp_path, cli_env):
