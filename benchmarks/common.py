@@ -12,6 +12,9 @@ import statistics
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# For the commands a benchmark launches: quiet TensorFlow, and the store each command names
+# (an inherited MLFLOW_TRACKING_URI or MLFLOW_RUN_ID, from `mlflow run`, would redirect its runs).
+CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
 
 
 def spread(values: list[float]) -> dict:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, figure, finish  # noqa: E402
+from benchmarks.common import CHILD_ENV, REPO, figure, finish  # noqa: E402
 
 TARGET = 2.0
 FASTEST = ["hydra/launcher=parallel", "threads=1", "steps_per_execution=32"]
@@ -52,13 +52,12 @@ def pipeline(experiments: list[str], extra: list[str], folder: Path) -> tuple[fl
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
     store = f"sqlite:///{folder}/mlflow.db"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
     started, jobs = time.perf_counter(), {}
     for name in experiments:
         sweep = folder / "sweeps" / name
         command = [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *extra, *FASTEST,
                    f"tracking.uri={store}", f"state_dir={folder}/state", f"hydra.sweep.dir={sweep}"]
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"pipeline {name} failed (exit {result.returncode}): {result.stderr[-1500:]}")
         jobs[name] = json.loads((sweep / "jobs.json").read_text())["jobs"]

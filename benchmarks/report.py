@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, machine, verdict, write_json
+from benchmarks.common import CHILD_ENV, REPO, machine, verdict, write_json
 
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS = {
@@ -41,7 +41,7 @@ def run(name: str, arguments: list[str], folder: Path) -> dict:
     out = folder / f"{name}.json"
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *arguments, "--json", str(out)], cwd=REPO,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True)
+                            env=CHILD_ENV, capture_output=True, text=True)
     if result.returncode != 0 or not out.is_file():
         raise SystemExit(f"error: benchmark {name} failed (exit {result.returncode}): "
                          f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")

@@ -16,16 +16,14 @@ import check must hold.
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, figure, finish, spread
+from benchmarks.common import CHILD_ENV, REPO, figure, finish, spread
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
 PROBE = """
 import runpy, sys
 sys.argv = ["src.train", *sys.argv[1:]]
@@ -39,13 +37,13 @@ print("imported:", ",".join(m for m in ("tensorflow", "keras", "mlflow") if m in
 
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=ENV, check=True, capture_output=True)
+    subprocess.run(command, cwd=REPO, env=CHILD_ENV, check=True, capture_output=True)
     return time.perf_counter() - started
 
 
 def heavy_imports(argument: str) -> str:
     """What `python -m src.train <argument>` imports of TensorFlow, Keras and MLflow (empty: none)."""
-    result = subprocess.run([sys.executable, "-c", PROBE, argument], cwd=REPO, env=ENV, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", PROBE, argument], cwd=REPO, env=CHILD_ENV, capture_output=True,
                             text=True, check=True)
     return result.stderr.strip().splitlines()[-1].removeprefix("imported:")
 
@@ -55,7 +53,7 @@ def first_step(side: str, arguments: list[str], folder: Path) -> float:
     stamp.unlink(missing_ok=True)
     started = time.time()
     result = subprocess.run([sys.executable, "-m", "benchmarks.first_step", str(stamp), side, *arguments],
-                            cwd=REPO, env=ENV, capture_output=True, text=True)
+                            cwd=REPO, env=CHILD_ENV, capture_output=True, text=True)
     if not stamp.is_file():
         raise SystemExit(f"{side}: no first step (exit {result.returncode}): {result.stderr[-1500:]}")
     return float(stamp.read_text()) - started
@@ -79,7 +77,7 @@ def main() -> None:
                 f"tracking.uri=sqlite:///{store}",
                 f"state_dir={folder}/state", f"hydra.run.dir={folder}/run"]
         subprocess.run([python, "-c", f"from mlflow.tracking import MlflowClient; "
-                        f"MlflowClient('sqlite:///{store}').search_experiments()"], env=ENV, check=True,
+                        f"MlflowClient('sqlite:///{store}').search_experiments()"], env=CHILD_ENV, check=True,
                        capture_output=True)  # the store exists, as it does for a user after the first run
         for repeat in range(args.repeats):
             times["help"].append(timed([python, "-m", "src.train", "--help"]))

@@ -14,7 +14,6 @@ Target (the issue): parallel at least 1.3x faster on 2 cores.
 """
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, figure, finish, spread
+from benchmarks.common import CHILD_ENV, REPO, figure, finish, spread
 
 TARGET = 1.3
 OPTIMIZERS = "sgd,momentum,adam,nadam"
@@ -38,9 +37,8 @@ def one_sweep(launcher: str, epochs: int, train_size: int) -> dict:
         command = [sys.executable, "-m", "src.train", "-m", "experiment=optimizers", f"optimizer={OPTIMIZERS}",
                    "seed=42", f"epochs={epochs}", f"data.train_size={train_size}", f"tracking.uri={store}",
                    f"state_dir={folder}/state", f"hydra.sweep.dir={folder}/sweep", *LAUNCHERS[launcher]]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
         started = time.perf_counter()
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(command, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise SystemExit(f"{launcher} sweep failed (exit {result.returncode}): {result.stderr[-2000:]}")
