@@ -8,7 +8,7 @@ small-batch setting), trained by src.engine.fit_and_evaluate exactly as a pipeli
 (diagnostics, resume backup and all), without MLflow. Four arms alternate in one process,
 repeat after repeat, so machine noise hits them all:
 
-  default       steps_per_execution=1, float32    (Keras's default loop)
+  default       steps_per_execution=1, float32    (Keras's default loop; the config's default is 32)
   spe           steps_per_execution=--spe         (batches per compiled call)
   bf16          precision=mixed_bfloat16          (AMX on this CPU)
   spe+bf16      both
@@ -33,8 +33,9 @@ SPE_TARGET = 2.0
 
 
 def arms(spe: int) -> dict[str, list[str]]:
-    return {"default": [], "spe": [f"steps_per_execution={spe}"], "bf16": ["precision=mixed_bfloat16"],
-            "spe+bf16": [f"steps_per_execution={spe}", "precision=mixed_bfloat16"]}
+    """Each arm's overrides, spelled out: the config's own default is steps_per_execution=32."""
+    loop, many, bf16 = "steps_per_execution=1", f"steps_per_execution={spe}", "precision=mixed_bfloat16"
+    return {"default": [loop], "spe": [many], "bf16": [loop, bf16], "spe+bf16": [many, bf16]}
 
 
 def one_run(config: dict, data) -> dict:
