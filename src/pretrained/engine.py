@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, shuffled_epochs, steps_per_epoch
-from src.engine import configure_runtime, standard_callbacks, steps_per_call
+from src.engine import configure_runtime, predict, standard_callbacks, steps_per_call
 from src.errors import TrainingError
 from src.optim import build_optimizer
 from src.pretrained.features import cache_key, pooled_features
@@ -97,10 +97,10 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
                             "(or model.fine_tune_lr_factor), or check the inputs' scale")
     test = ordered(config, data, "test")
     if cached and len(phases) == 1:  # the base never changed: the head on its (cached) test features
-        probabilities = model.head.predict(head_features(config, data, model, ("test",))[0]["test"],
-                                           batch_size=FEATURE_BATCH, verbose=0)
+        probabilities = predict(model.head, head_features(config, data, model, ("test",))[0]["test"],
+                                batch_size=FEATURE_BATCH)
     else:
-        probabilities = model.full.predict(test, verbose=0)
+        probabilities = predict(model.full, test)
     return {**test_scores(probabilities, data.split("test")[1], len(data.class_names)), **extra,
             "epochs_run": len(history), "diverged_at_epoch": len(history) if diverged else 0,
             "model": model.full, "example": next(iter(test))[0].numpy()[:3]}
