@@ -57,12 +57,16 @@ def run(name: str, module: str, arguments: list[str], folder: Path) -> dict:
     return measured
 
 
+def cpu(about: dict) -> str:
+    return f"{about['cpu']} (AVX-512 {'yes' if about['avx512'] else 'no'}, AMX-BF16 {'yes' if about['amx_bf16'] else 'no'})"
+
+
 def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
     lines = ["# Benchmarks", "",
              f"Made by `make bench` (`python -m benchmarks.report{' --quick' if quick else ''}`) on "
-             f"{about['date']}: {about['cpu']}, {about['cores']} cores, {about['memory_gib']} GiB, AVX-512 "
-             f"{'yes' if about['avx512'] else 'no'}, AMX-BF16 {'yes' if about['amx_bf16'] else 'no'}; Python "
-             f"{about['python']}, {about['platform']}. Every figure is a ratio of two sides measured alternately in "
+             f"{about['date']}: {cpu(about)}, {about['cores']} cores, {about['memory_gib']} GiB; Python "
+             f"{about['python']}, {about['platform']}; results kept from earlier runs name their own date and "
+             "machine (last table). Every figure is a ratio of two sides measured alternately in "
              "one run; median (min, max) over the repeats. Shared machines are noisy: compare ratios, not seconds.",
              "", "| benchmark | figure | ratio, median (min, max) | repeats | target | details |", "|---|---|---|---|---|---|"]
     for name, result in results.items():
@@ -70,8 +74,8 @@ def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
             lines.append(f"| `{name}` | {row['name']} | x{row['median']:.2f} ({row['min']:.2f}, {row['max']:.2f}) | "
                          f"{row['n']} | {verdict(row)} | {row['detail']} |")
     lines += ["", "| benchmark | arguments | wall time | measured on |", "|---|---|---|---|"]
-    lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s | {result['date']} |"
-              for name, result in results.items()]
+    lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s | {result['date']}, "
+              f"{cpu(result.get('machine', about))} |" for name, result in results.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -94,10 +98,12 @@ def main() -> None:
     if args.only != list(BENCHMARKS) and previous.is_file():  # keep the other benchmarks' last results
         kept = json.loads(previous.read_text())
         if not kept.get("quick") and not args.quick:
-            results = {name: kept["results"][name] | {"date": kept["results"][name].get("date", kept["machine"]["date"])}
+            results = {name: kept["results"][name] | {"date": kept["results"][name].get("date", kept["machine"]["date"]),
+                                                      "machine": kept["results"][name].get("machine", kept["machine"])}
                        for name in BENCHMARKS if name in kept["results"] and name not in results} | results
-    for result in results.values():
+    for result in results.values():  # machines differ between sessions: each result names its own
         result.setdefault("date", about["date"])
+        result.setdefault("machine", about)
     write_json(previous, {"machine": about, "quick": args.quick, "results": results})
     partial = args.out / ".benchmarks.md.partial"
     partial.write_text(markdown(results, about, args.quick))
