@@ -99,7 +99,7 @@ def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict
                 if key not in sources:
                     sources[key] = notebook_job(keras, recipe, full)[0]
                 source = sources[key]
-            model, accuracy = notebook_job(keras, config, full, source)
+            _, accuracy = notebook_job(keras, config, full, source)
             accuracies[name].append((params, accuracy))
             keras.backend.clear_session()
     return time.perf_counter() - started, accuracies
@@ -107,7 +107,7 @@ def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict
 
 def notebook_job(keras, config: dict, full, source=None) -> tuple:
     """One job as a notebook cell would run it: NumPy arrays, model.fit with Keras's defaults."""
-    from src.data.load import reshape_splits, scaling  # noqa: PLC0415
+    from src.data.load import reshape_splits, scaling, steps_per_epoch  # noqa: PLC0415
     from src.engine import compile_model, standard_callbacks, training_phases  # noqa: PLC0415
     from src.models import BUILDERS, reuse_layers  # noqa: PLC0415
 
@@ -118,7 +118,7 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
     keras.utils.set_random_seed(config["seed"])
     model = BUILDERS[config["model"]["name"]](config["model"], x.shape[1:], len(data.class_names))
     reused = reuse_layers(model, source) if source is not None else []
-    steps = -(-len(x) // config["batch_size"])
+    steps = steps_per_epoch(len(x), config["batch_size"])
     keras_loop = {**config, "steps_per_execution": 1}  # Keras's default loop, one Python call a batch
     begin = 0
     with tempfile.TemporaryDirectory() as workdir:

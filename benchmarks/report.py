@@ -3,7 +3,7 @@
     python -m benchmarks.report                     # all of them: ~18 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
-    python -m benchmarks.report --only headline_chapter  # every Fashion-MNIST experiment, seed 42 (~20 min)
+    python -m benchmarks.report --only headline_chapter  # every Fashion-MNIST experiment, seed 42 (est. 20-30 min)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
@@ -38,7 +38,7 @@ BENCHMARKS = {
     "headline_chapter": ("headline", ["--experiments", "all", "--train-size", "20000", "--seeds", "42"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
-# Longer than make bench's 20 minutes allow (about 20 minutes alone): run with --only; the
+# Longer than make bench's 20 minutes allow (an estimated 20-30 minutes alone): run with --only; the
 # report keeps its last result.
 OPTIONAL = ("headline_chapter",)
 
@@ -95,7 +95,7 @@ def main() -> None:
             results[name] = run(name, module, quick if args.quick else full, Path(folder))
     args.out.mkdir(parents=True, exist_ok=True)
     previous = args.out / "benchmarks.json"
-    if args.only != list(BENCHMARKS) and previous.is_file():  # keep the other benchmarks' last results
+    if previous.is_file():  # keep the last results of the benchmarks not run now
         kept = json.loads(previous.read_text())
         if not kept.get("quick") and not args.quick:
             results = {name: kept["results"][name] | {"date": kept["results"][name].get("date", kept["machine"]["date"]),
