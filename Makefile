@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench data report dag ui lock clean
+.PHONY: help install system run test bench data report dag ui server lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,16 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
+
+# Debian packages of the team-scale tests (tests/services.py, tests/test_ui.py); without them
+# those tests skip (and fail under CI). Installed only where missing.
+SYSTEM_PACKAGES := postgresql chromium chromium-driver
+system: ## Install the Debian packages the server and browser tests use (root; .ci/run does it)
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done | tr '\n' ' ')"; \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "error: run as root, or: sudo apt-get install $$missing" >&2; exit 1; \
+	else echo "installing $$missing" && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 run: $(STAMP) ## Run the pipeline: dvc repro (set CH11_DATA_MIRROR when offline)
 	$(BIN)/dvc repro
@@ -57,6 +67,17 @@ ui: $(STAMP) ## Browse the local MLflow store at http://127.0.0.1:5000
 	@echo "MLflow UI on http://127.0.0.1:5000 (store: $(CURDIR)/mlflow.db); Ctrl-C stops it"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port 5000
+
+# `make server`: a team's tracking server (README "Team scale"). BACKEND is its database,
+# ARTIFACTS where it keeps artifacts (a folder here; s3://, gs://... in production).
+BACKEND   ?=
+ARTIFACTS ?= $(CURDIR)/server-artifacts
+HOST      ?= 127.0.0.1
+PORT      ?= 5000
+server: $(STAMP) ## Tracking server: make server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow [ARTIFACTS=...]
+	@test -n "$(BACKEND)" || { echo "error: set BACKEND, e.g. make server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow (README: Team scale)" >&2; exit 2; }
+	@echo "MLflow tracking server on http://$(HOST):$(PORT) (runs: python -m src.train tracking=server); Ctrl-C stops it"
+	$(BIN)/mlflow server --backend-store-uri "$(BACKEND)" --artifacts-destination "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
 lock: ## Re-resolve pyproject.toml into requirements.lock (needs the package index)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -58,25 +58,29 @@ class ValidatingSweeper(BasicSweeper):
         except BaseException as error:
             parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
             raise
-        parent.client.set_tag(parent.run_id, "ch11.skipped", str(skipped))  # finished before: not re-run
         report_failures(failures, len(jobs), parent)
-        record_jobs(sweep_dir, parent, jobs, swept, [job_return for returns in results for job_return in returns])
-        parent.end("FINISHED")
+        jobs_file = record_jobs(sweep_dir, parent, jobs, swept, [ret for returns in results for ret in returns])
+        parent.end("FINISHED", tags={"ch11.skipped": str(skipped)}, artifact=jobs_file)  # skipped: finished before
         return results
 
     def job_config(self, job: list[str]) -> dict:
-        """Compose one job's config as its process will, and validate it."""
-        try:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
-            with open_dict(cfg):
-                del cfg["hydra"]
-            return validate(cfg)
-        except ConfigError as error:
-            raise ConfigError(f"job ({' '.join(job)}): {error}; nothing was trained") from None
+        return job_config(self.hydra_context, self.config, job)
 
 
-def record_jobs(sweep_dir: Path, parent: "ParentRun", jobs: list[list[str]], swept: set[str], returns: list) -> None:
-    """<sweep dir>/jobs.json, also on the parent run: each job's swept values and MLflow run.
+def job_config(hydra_context, config, job: list[str]) -> dict:
+    """Compose one job's config as its process will, and validate it."""
+    try:
+        cfg = hydra_context.config_loader.load_sweep_config(config, job)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"job ({' '.join(job)}): {error}; nothing was trained") from None
+
+
+def record_jobs(sweep_dir: Path, parent: "ParentRun", jobs: list[list[str]], swept: set[str],
+                returns: list) -> Path:
+    """<sweep dir>/jobs.json (the parent run logs it): each job's swept values and MLflow run.
 
     A skipped job's run is the one that finished earlier (under an earlier parent): this
     list is how the sweep's results are found whichever sweep trained them.
@@ -90,7 +94,7 @@ def record_jobs(sweep_dir: Path, parent: "ParentRun", jobs: list[list[str]], swe
     partial = sweep_dir / f".{JOBS_FILE}.partial"
     partial.write_text(json.dumps({"parent_run_id": parent.run_id, "jobs": records}, indent=1))
     os.replace(partial, sweep_dir / JOBS_FILE)
-    parent.client.log_artifact(parent.run_id, str(sweep_dir / JOBS_FILE))
+    return sweep_dir / JOBS_FILE
 
 
 def job_error(job_return) -> BaseException:
@@ -121,8 +125,10 @@ class ParentRun:
         config = configs[0]
         self.client = tracking.connect(config["tracking"])  # creates the schema before parallel jobs race
         experiment_id = tracking.ensure_experiment(self.client, config["name"], config["tracking"])
+        tracking.close_orphans(self.client, experiment_id)
         tags = {f"{tracking.TAG}sweep_dir": str(sweep_dir), f"{tracking.TAG}overrides": " ".join(arguments),
-                f"{tracking.TAG}jobs": str(len(configs)), **tracking.git_tags()}
+                f"{tracking.TAG}jobs": str(len(configs)), tracking.PROCESS_TAG: tracking.process_id(),
+                **tracking.git_tags()}
         self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "experiment_id": experiment_id}))
         self.ended = False
@@ -137,13 +143,25 @@ class ParentRun:
             return  # missing or corrupt: each job stops with the data error that says how to fix it
         tracking.log_dataset(self.client, self.run_id, name, path, digest, "training")
 
-    def end(self, status: str, reason: str | None = None) -> None:
+    def end(self, status: str, reason: str | None = None, tags: dict[str, str] | None = None,
+            artifact: Path | None = None) -> None:
+        """Close the parent run; a store that stopped answering is a TrackingError naming it."""
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        from src import tracking  # noqa: PLC0415
+
         if self.ended:
             return
-        if reason:
-            self.client.set_tag(self.run_id, "ch11.failure", reason[:5000])
-        self.client.set_terminated(self.run_id, status)
         self.ended = True
+        try:
+            for key, value in {**(tags or {}), **({"ch11.failure": reason[:5000]} if reason else {})}.items():
+                self.client.set_tag(self.run_id, key, value)
+            if artifact is not None:
+                self.client.log_artifact(self.run_id, str(artifact))
+            self.client.set_terminated(self.run_id, status)
+        except (MlflowException, OSError) as lost:
+            # the jobs' own errors are in the log; what matters now is the store
+            raise tracking.store_lost(self.client.tracking_uri, lost, f"the sweep's parent run {self.run_id}") from None
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:

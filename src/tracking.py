@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -96,11 +97,76 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
             if run.info.lifecycle_stage == "active":
                 if f"{TAG}failure" in run.data.tags:  # the stop it recorded is over
                     client.delete_tag(resume_id, f"{TAG}failure")
+                client.set_tag(resume_id, PROCESS_TAG, process_id())  # its owner now
+                if parent_run_id is not None:  # the sweep that finishes it (an earlier one was stopped)
+                    client.set_tag(resume_id, "mlflow.parentRunId", parent_run_id)
                 return mlflow.start_run(run_id=resume_id).info.run_id
         except MlflowException:
             pass  # deleted from the store: start afresh
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
+                           tags={**tags, PROCESS_TAG: process_id()})
     return run.info.run_id
+
+
+# -- runs whose process died before it could close them ------------------------------------
+
+PROCESS_TAG = f"{TAG}process"  # host:pid:start time of the process that owns a RUNNING run
+
+
+def process_id(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
+
+
+def start_ticks(pid: int) -> str:
+    """When a process started (Linux /proc, clock ticks): a reused pid has another."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_gone(owner: str) -> bool:
+    """True only when the owner ran on this host and is certainly not running any more."""
+    host, _, pid = owner.partition(":")
+    pid, _, ticks = pid.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's (a cluster node): it cannot be seen from here
+    return process_id(int(pid)) != owner if Path("/proc").is_dir() else not _pid_exists(int(pid))
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def close_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the experiment's RUNNING runs whose process on this host is gone.
+
+    A SIGKILL, a power cut or a tracking server that stopped answering leaves a run
+    RUNNING for ever; the next job or sweep on the machine says what happened instead.
+    Their resume state is untouched: the same command still resumes them.
+    """
+    orphans = [run for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+               if process_gone(run.data.tags.get(PROCESS_TAG, ""))]
+    for run in orphans:
+        end_run(client, run.info.run_id, "KILLED",
+                f"its process ({run.data.tags[PROCESS_TAG]}) ended without closing it (killed, or the tracking store "
+                "stopped answering); the same command resumes it")
+        log.warning("run %s was left RUNNING by a process that is gone: marked KILLED", run.info.run_id)
+    return [run.info.run_id for run in orphans]
+
+
+def store_lost(uri: str, error: BaseException, left_running: str) -> TrackingError:
+    """The error for a store that stopped answering mid-run: what stays RUNNING and how it is closed."""
+    return TrackingError(f"MLflow store {uri} stopped answering ({one_line(error, 200)}); {left_running} stays "
+                         "RUNNING there: run the same command again once the store is back (it resumes unfinished "
+                         "jobs and marks runs whose process is gone KILLED)")
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:

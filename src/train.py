@@ -48,13 +48,16 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
     it wait for the one training it instead of failing on its lock.
     """
     config = validate(cfg)
-    from src import tracking  # noqa: PLC0415 (heavy imports: only when a job really runs)
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 (heavy imports: only when a job really runs)
+
+    from src import tracking  # noqa: PLC0415
     from src.data.load import reshape_splits  # noqa: PLC0415
     from src.data.shared import prepared_once  # noqa: PLC0415
     from src.resume import ResumeState  # noqa: PLC0415
 
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
+    tracking.close_orphans(client, experiment_id)
     prepared = prepared_once(in_repo(config["data"]["path"]))
     identity = run_identity(config, prepared.meta["npz_sha256"], tracking.code_hash(config["model"]["name"]))
     state_root = in_repo(config["state_dir"]) / identity["run_key"]
@@ -94,19 +97,27 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
             result = record(config, data, client, run_id, state, folder, source)
         tracking.end_run(client, run_id, "FINISHED")
     except BaseException as error:
-        if tracking.is_finished(client.get_run(run_id).info.status):  # stopped just after it was recorded
-            tracking.end_run(client, run_id, "FINISHED")
-        else:
-            interrupted = isinstance(error, KeyboardInterrupt)
-            tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED",
-                             "interrupted (SIGTERM or Ctrl-C)" if interrupted else one_line(error)
-                             or type(error).__name__)
         state.release()  # kept: the same command resumes from the last finished epoch (or skips)
+        try:
+            close_stopped_run(client, run_id, error)
+        except (MlflowException, OSError) as lost:
+            raise tracking.store_lost(tracking.tracking_uri(config["tracking"]), lost, f"run {run_id}") from error
         raise
     state.finish()
     log.info("run %s finished: test_accuracy %.4f after %d epochs (MLflow experiment %r at %s)", run_id,
              result["test_accuracy"], result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
     return {**result, "run_id": run_id, "skipped": False}
+
+
+def close_stopped_run(client, run_id: str, error: BaseException) -> None:
+    from src import tracking  # noqa: PLC0415
+
+    if tracking.is_finished(client.get_run(run_id).info.status):  # stopped just after it was recorded
+        tracking.end_run(client, run_id, "FINISHED")
+    else:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED",
+                         "interrupted (SIGTERM or Ctrl-C)" if interrupted else one_line(error) or type(error).__name__)
 
 
 def record(config: dict, data, client, run_id: str, state, folder: Path, source=None) -> dict:
@@ -238,7 +249,7 @@ def main(cfg: DictConfig) -> dict:
 
 def cli() -> None:
     """main() with every user mistake, Hydra's included, as one line and exit code 2."""
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing its own report
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises (to the lines below) instead of its own report
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         main()

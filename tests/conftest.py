@@ -218,3 +218,38 @@ def pipeline(tmp_path_factory):
 def cifar_npz(pipeline) -> Path:
     """data/prepared/cifar10.npz made by the real data stages from the mirror."""
     return pipeline[0] / "data" / "prepared" / "cifar10.npz"
+
+
+# -- the training command on shrunk real data, into a temporary MLflow store -----------------------
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def shrunk(fashion_npz: Path, store: str, tmp_path: Path, train_size: int = 500) -> list[str]:
+    return [f"data.path={fashion_npz}", f"data.train_size={train_size}", "epochs=2", "name=test",
+            f"tracking.uri={store}", f"state_dir={tmp_path / 'state'}"]
+
+
+def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def runs(store: str, name: str = "test") -> list:
+    """The runs of experiment `name` in a store, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"]) if experiment else []
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def cli_env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}

@@ -21,7 +21,7 @@ def test_every_dependency_is_pinned_exactly_and_agrees_with_the_lock():
     direct = project["dependencies"] + project["optional-dependencies"]["test"]
     locked = locked_versions()
     for requirement in direct:
-        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([\w.]+)", requirement).groups()
+        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[\w,]+\])?==([\w.]+)", requirement).groups()
         assert locked[re.sub(r"[-_.]+", "-", name).lower()] == version, requirement
     assert locked["tensorflow"].startswith("2.21.") and locked["keras"].startswith("3.")
     assert locked["hydra-core"].startswith("1.3.") and locked["omegaconf"].startswith("2.3.")

@@ -1,13 +1,11 @@
 """The training engine end to end: the real config, shrunk, on a few hundred real
 Fashion-MNIST images, into a temporary MLflow store read back with MlflowClient."""
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,16 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, cli, history, runs, shrunk
 from src.errors import TrackingError, TrainingError
 from src.train import train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
 @pytest.fixture
@@ -34,21 +27,6 @@ def make_config(fashion_npz, store, tmp_path):
         with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
             return compose("config", [*shrunk(fashion_npz, store, tmp_path), *overrides])
     return make
-
-
-def shrunk(fashion_npz: Path, store: str, tmp_path: Path, train_size: int = 500) -> list[str]:
-    return [f"data.path={fashion_npz}", f"data.train_size={train_size}", "epochs=2", "name=test",
-            f"tracking.uri={store}", f"state_dir={tmp_path / 'state'}"]
-
-
-def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-
-
-def runs(store: str, name: str = "test") -> list:
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"]) if experiment else []
 
 
 def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, store, tmp_path, fashion_npz):
@@ -118,16 +96,6 @@ def test_an_unusable_tracking_store_fails_fast_before_training(make_config, uri,
         train(make_config(f"tracking.uri={uri}"))
     assert time.monotonic() - started < 20
     assert not (tmp_path / "state").exists()
-
-
-def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture
-def cli_env(tmp_path):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
 
 
 def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_npz, store, tmp_path, cli_env):

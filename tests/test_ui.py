@@ -1,0 +1,124 @@
+"""The MLflow UI as users see it: `mlflow ui` on a store a short sweep has filled, opened in
+headless Chromium (Debian's chromium and chromium-driver, driven by Selenium).
+
+Checks the experiment, the sweep's parent and child runs, a metric chart and the logged
+model, and saves screenshots of the runs and of a chart to reports/mlflow_ui.png and
+reports/mlflow_ui_chart.png.
+"""
+
+import os
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+from selenium.webdriver.common.by import By
+
+from conftest import REPO, cli, runs, shrunk
+from services import MlflowServer
+
+pytestmark = pytest.mark.slow
+SCREENSHOT = REPO / "reports" / "mlflow_ui.png"
+
+
+def browser_paths() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    message = "headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = browser_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000",
+                     "--disable-gpu", "--no-first-run"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(service=Service(driver), options=options)  # no Selenium Manager: no download
+    session.set_page_load_timeout(60)
+    yield session
+    session.quit()
+
+
+@pytest.fixture(scope="module")
+def swept_ui(tmp_path_factory, fashion_npz):
+    """`mlflow ui` (what `make ui` starts) on a store filled by a 2-job sweep of 2 epochs."""
+    folder = tmp_path_factory.mktemp("ui")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+    result = cli("-m", "optimizer=adam,nadam", *shrunk(fashion_npz, store, folder, train_size=300),
+                 f"hydra.sweep.dir={folder / 'sweep'}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with MlflowServer("ui", store, folder / "mlartifacts", folder / "ui.log") as server:
+        yield server, store
+
+
+def page_text(browser) -> str:
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def wait_until(browser, condition, what: str, timeout_s: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout_s, poll_frequency=0.25).until(lambda session: condition(), what)
+
+
+def wait_for_text(browser, *texts: str) -> str:
+    wait_until(browser, lambda: all(text in page_text(browser) for text in texts), f"the page never showed {texts}")
+    return page_text(browser)
+
+
+def open_page(browser, url: str) -> None:
+    """Open a page of the UI, in its model-training view, without the assistant panel."""
+    browser.get(url)
+    wait_until(browser, lambda: "Model training" in page_text(browser), f"{url} never rendered")
+    for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        if close.is_displayed():
+            close.click()
+
+
+def save_screenshot(browser, path) -> None:
+    partial = path.with_name(f".{path.stem}.partial.png")
+    assert browser.save_screenshot(str(partial))
+    partial.replace(path)
+
+
+def test_the_ui_shows_the_experiment_the_sweep_its_children_a_metric_chart_and_the_model(browser, swept_ui):
+    server, store = swept_ui
+    experiment = MlflowClient(store).get_experiment_by_name("test")
+    parent = next(run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags)
+    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    base = f"{server.uri}/#/experiments/{experiment.experiment_id}"
+
+    # the experiment's runs: the sweep's parent, expanded to show its two children
+    open_page(browser, f"{base}/runs?workflowType=machine_learning")
+    wait_for_text(browser, "test", parent.info.run_name, "fashion_mnist")
+    assert not any(child.info.run_name in page_text(browser) for child in children)  # folded under the parent
+    row = browser.find_element(By.XPATH, f"//*[@role='row'][.//*[text()='{parent.info.run_name}']]")
+    row.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
+    wait_for_text(browser, *(child.info.run_name for child in children))
+    save_screenshot(browser, SCREENSHOT)
+
+    # a child: its parent, metrics and logged model
+    child = children[0]
+    open_page(browser, f"{base}/runs/{child.info.run_id}")
+    text = wait_for_text(browser, child.info.run_name, "Parent run", parent.info.run_name, "test_accuracy",
+                         "Logged models (1)")
+    assert str(child.data.metrics["test_accuracy"])[:6] in text
+
+    # its metric charts: val_accuracy drawn over the 2 epochs
+    open_page(browser, f"{base}/runs/{child.info.run_id}/model-metrics")
+    search = wait_until(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"),
+                        "no chart search box")
+    search.send_keys("val_accuracy")
+    wait_until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace"),
+               "no val_accuracy chart was drawn")
+    assert "val_accuracy" in page_text(browser)
+    save_screenshot(browser, SCREENSHOT.with_name("mlflow_ui_chart.png"))
