@@ -5,9 +5,9 @@ launcher; this wraps it so that:
 1. the search is one MLflow parent run and every trial a child run (jobs find the parent
    through the sweep folder, as in src.sweep), ended FINISHED, FAILED or KILLED;
 2. each batch of trials is composed and validated before it trains;
-3. a trial's result (the job's metrics) reaches Optuna as the one number it optimises,
-   `objective` (val_accuracy by default); a skipped trial (same config finished before)
-   counts with its earlier result;
+3. a trial's run reaches Optuna as the one number it optimises, the last value of the
+   metric `objective` (val_accuracy by default); a skipped trial (same config finished
+   before) counts with its earlier run;
 4. the best trial is tagged on the parent run, Optuna's optimization_results.yaml logged.
 """
 
@@ -39,13 +39,12 @@ class ObjectiveLauncher:
             if job_return.status == JobStatus.FAILED:
                 self.failures.append((initial_job_idx + index, list(job), job_error(job_return)))
                 continue
-            result = job_return.return_value
-            if self.objective not in result:
-                metrics = ", ".join(sorted(key for key, value in result.items()
-                                           if isinstance(value, float) and "/" not in key))  # not per-layer ones
-                raise ConfigError(f"objective {self.objective!r} is not a result of the job; use one of: {metrics} "
-                                  "(hydra.sweeper.objective=...)")
-            job_return.return_value = result[self.objective]
+            metrics = self.parent.client.get_run(job_return.return_value["run_id"]).data.metrics  # last values
+            if self.objective not in metrics:
+                known = ", ".join(sorted(key for key in metrics if "/" not in key))  # not the per-layer ones
+                raise ConfigError(f"objective {self.objective!r} is not a metric of the trial's run; use one of: "
+                                  f"{known} (hydra.sweeper.objective=...)")
+            job_return.return_value = metrics[self.objective]
         self.launched += len(returns)
         return returns
 
