@@ -42,8 +42,8 @@ def test_ci_runs_make_test_with_the_mirror():
 # -- what a result depends on: the run key's code hash and the experiment stages' deps agree -------
 
 # Modules that choose, record, print or draw, and the data stages (DVC tracks those by their own deps).
-WIRING = {"src/__init__.py", "src/train.py", "src/config.py", "src/tracking.py", "src/sweep.py", "src/cli.py",
-          "src/errors.py", "src/figures.py", "src/params.py", "src/data/download.py", "src/data/prepare.py",
+WIRING = {"src/__init__.py", "src/train.py", "src/config.py", "src/tracking.py", "src/sweep.py", "src/hpo.py",
+          "src/cli.py", "src/errors.py", "src/figures.py", "src/params.py", "src/data/download.py", "src/data/prepare.py",
           "src/data/idx.py", "src/data/cifar.py", "src/data/shared.py"}
 
 
