@@ -7,8 +7,8 @@
                                                        # the chapter's Fashion-MNIST sweeps in full (hours)
 
 Both sides run the same jobs (each experiment's own sweep, narrowed to --seeds), with the
-same epochs, seeds, batch sizes and data (the first --train-size training images; 0: each
-experiment's own, all of them or transfer_ab's 200):
+same epochs, seeds, batch sizes and data (at most the first --train-size training images;
+0, or an experiment that uses fewer such as transfer_ab's 200: each experiment's own):
 
   pipeline  `python -m src.train -m experiment=<name> ...` per experiment with the fastest
             safe settings, dvc repro's: hydra/launcher=parallel threads=1 (two single-threaded
@@ -19,7 +19,9 @@ experiment's own, all of them or transfer_ab's 200):
   notebook  one Python process, plain Keras, one job after another with Keras's defaults
             (steps_per_execution=1, TensorFlow on every core): the job's model, optimizer and
             callbacks from our builders, model.fit on NumPy arrays (x/255, or standardised
-            where the experiment says so), then evaluate on the test set. No tracking.
+            where the experiment says so), then evaluate on the test set, and MC dropout's
+            passes where the experiment asks for them (the book's way: the whole test set
+            per call). No tracking.
 
 Timed: each side's wall time for all the jobs, start-up included (the notebook side counts
 from its imports). The numbers: each job's test accuracy on both sides, paired; the sides
@@ -48,33 +50,40 @@ TARGET = 2.0
 FASTEST = ["hydra/launcher=parallel", "threads=1"]
 
 
-def shrink(train_size: int, seeds: str) -> list[str]:
-    """Overrides that narrow every experiment: its first train_size images (0: its own size), --seeds."""
-    return [*([f"data.train_size={train_size}"] if train_size else []), *([] if seeds == "all" else [f"seed={seeds}"])]
+def shrink(name: str, train_size: int, seeds: str) -> list[str]:
+    """Overrides that narrow one experiment: at most its first train_size images (0: its own
+    size; an experiment that uses fewer, such as transfer_ab's 200, keeps its own), --seeds."""
+    from benchmarks.common import compose_config  # noqa: PLC0415
+
+    own = compose_config([f"experiment={name}"])["data"]["train_size"]
+    capped = bool(train_size) and (own is None or own > train_size)
+    return [*([f"data.train_size={train_size}"] if capped else []), *([] if seeds == "all" else [f"seed={seeds}"])]
 
 
-def pipeline(experiments: list[str], extra: list[str], folder: Path) -> tuple[float, dict]:
+def pipeline(experiments: list[str], extras: dict[str, list[str]], folder: Path) -> tuple[float, dict]:
     """Our pipeline's wall time and {experiment: [(job overrides, test accuracy), ...]}."""
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
     store = f"sqlite:///{folder}/mlflow.db"
-    started, jobs = time.perf_counter(), {}
+    started, jobs, seconds = time.perf_counter(), {}, {}
     for name in experiments:
+        began = time.perf_counter()
         sweep = folder / "sweeps" / name
-        command = [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *extra, *FASTEST,
+        command = [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *extras[name], *FASTEST,
                    f"tracking.uri={store}", f"state_dir={folder}/state", f"hydra.sweep.dir={sweep}"]
         result = subprocess.run(command, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"pipeline {name} failed (exit {result.returncode}): {result.stderr[-1500:]}")
         jobs[name] = json.loads((sweep / "jobs.json").read_text())["jobs"]
-    seconds = time.perf_counter() - started
+        seconds[name] = time.perf_counter() - began
+    total = time.perf_counter() - started
     client = MlflowClient(store)
-    return seconds, {name: [(job["params"], client.get_run(job["run_id"]).data.metrics["test_accuracy"])
-                            for job in records] for name, records in jobs.items()}
+    return total, seconds, {name: [(job["params"], client.get_run(job["run_id"]).data.metrics["test_accuracy"])
+                                   for job in records] for name, records in jobs.items()}
 
 
-def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict]:
-    """The same jobs the notebook way, in this process; its wall time and test accuracies.
+def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple[float, dict, dict]:
+    """The same jobs the notebook way, in this process; its wall time (all, per experiment) and test accuracies.
 
     A transfer job reuses its recipe's model A, trained once in this process (as the
     pipeline trains it once and logs it), then trains frozen and unfrozen as the book does.
@@ -87,11 +96,11 @@ def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict
     from src.data.load import load_prepared  # noqa: PLC0415
 
     full = load_prepared(REPO / "data" / "prepared" / "fashion_mnist.npz")
-    sources, accuracies = {}, {}
+    sources, accuracies, seconds = {}, {}, {}
     for name, records in jobs.items():
-        accuracies[name] = []
+        accuracies[name], began = [], time.perf_counter()
         for params in records:
-            config = compose_config([f"experiment={name}", *extra, *(f"{k}={v}" for k, v in params.items())])
+            config = compose_config([f"experiment={name}", *extras[name], *(f"{k}={v}" for k, v in params.items())])
             source = None
             if config["transfer"]["source_classes"]:
                 recipe = source_config(config)
@@ -102,11 +111,13 @@ def notebook(jobs: dict[str, list[dict]], extra: list[str]) -> tuple[float, dict
             _, accuracy = notebook_job(keras, config, full, source)
             accuracies[name].append((params, accuracy))
             keras.backend.clear_session()
-    return time.perf_counter() - started, accuracies
+        seconds[name] = time.perf_counter() - began
+    return time.perf_counter() - started, seconds, accuracies
 
 
 def notebook_job(keras, config: dict, full, source=None) -> tuple:
     """One job as a notebook cell would run it: NumPy arrays, model.fit with Keras's defaults."""
+    import numpy as np  # noqa: PLC0415
     from src.data.load import reshape_splits, scaling, steps_per_epoch  # noqa: PLC0415
     from src.engine import compile_model, standard_callbacks, training_phases  # noqa: PLC0415
     from src.models import BUILDERS, reuse_layers  # noqa: PLC0415
@@ -130,7 +141,10 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
             model.fit(x, y, batch_size=config["batch_size"], epochs=end, initial_epoch=begin,
                       validation_data=(x_valid, y_valid), callbacks=callbacks, verbose=0)
             begin = end
-    return model, model.evaluate(x_test, y_test, verbose=0)[1]
+    accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
+    if config["mc_dropout_samples"]:  # the same work as the pipeline, the book's way: whole-test-set passes
+        np.stack([model(x_test, training=True) for _ in range(config["mc_dropout_samples"])]).mean(axis=0)
+    return model, accuracy
 
 
 def fashion_experiments() -> list[str]:
@@ -146,22 +160,26 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=["seed_notebook", "batchnorm", "optimizers"],
                         help="experiment names, or all: every Fashion-MNIST experiment of params.yaml")
     parser.add_argument("--train-size", type=int, default=20000,
-                        help="first N training images; 0: each experiment's own (all, or transfer_ab's 200)")
+                        help="at most the first N training images; 0: each experiment's own (all; transfer_ab: 200)")
     parser.add_argument("--seeds", default="42", help="a seed, a Hydra list (42,43) or all (the sweep's own)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of (pipeline, notebook)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if args.experiments == ["all"]:
         args.experiments = fashion_experiments()
-    began, extra = time.perf_counter(), shrink(args.train_size, args.seeds)
+    began, extras = time.perf_counter(), {name: shrink(name, args.train_size, args.seeds) for name in args.experiments}
     runs = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-headline-") as folder:
-            ours, ours_accuracy = pipeline(args.experiments, extra, Path(folder))
+            ours, ours_each, ours_accuracy = pipeline(args.experiments, extras, Path(folder))
         jobs = {name: [params for params, _ in records] for name, records in ours_accuracy.items()}
-        theirs, theirs_accuracy = notebook(jobs, extra)
-        runs.append({"pipeline_s": ours, "notebook_s": theirs, "pipeline": ours_accuracy, "notebook": theirs_accuracy})
-        print(f"repeat {repeat + 1}/{args.repeats}: pipeline {ours:.0f} s, notebook {theirs:.0f} s", flush=True)
+        theirs, theirs_each, theirs_accuracy = notebook(jobs, extras)
+        runs.append({"pipeline_s": ours, "notebook_s": theirs, "pipeline": ours_accuracy, "notebook": theirs_accuracy,
+                     "seconds_per_experiment": {name: {"pipeline": ours_each[name], "notebook": theirs_each[name]}
+                                                for name in args.experiments}})
+        print(f"repeat {repeat + 1}/{args.repeats}: pipeline {ours:.0f} s, notebook {theirs:.0f} s; per experiment: "
+              + ", ".join(f"{name} {ours_each[name]:.0f}/{theirs_each[name]:.0f} s" for name in args.experiments),
+              flush=True)
     gaps = [a - b for run in runs for name in args.experiments
             for (_, a), (_, b) in zip(run["pipeline"][name], run["notebook"][name], strict=True)]
     count = len(gaps) // len(runs)
