@@ -128,11 +128,13 @@ def start_ticks(pid: int) -> str:
 
 def process_gone(owner: str) -> bool:
     """True only when the owner ran on this host and is certainly not running any more."""
-    host, _, pid = owner.partition(":")
-    pid, _, ticks = pid.partition(":")
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's (a cluster node): it cannot be seen from here
-    return process_id(int(pid)) != owner if Path("/proc").is_dir() else not _pid_exists(int(pid))
+    if Path("/proc").is_dir():
+        return process_id(int(pid)) != owner  # gone, or its pid now belongs to a newer process
+    return not _pid_exists(int(pid))
 
 
 def _pid_exists(pid: int) -> bool:

@@ -7,6 +7,7 @@ Every sweep is shrunk (300 real Fashion-MNIST images, 1-3 epochs) to keep the su
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,17 @@ def test_a_sweep_logs_parent_children_metrics_and_models_to_a_server_on_postgres
     assert model.predict(np.zeros((2, 28, 28), "float32"), verbose=0).shape == (2, 10)
     # the server stored the artifacts (proxied): the clients wrote none of them
     assert list((tracking_server.artifacts).rglob("MLmodel")) and not (tmp_path / "mlartifacts").exists()
+
+
+def test_a_run_is_orphaned_only_when_its_process_on_this_host_is_gone():
+    from src.tracking import process_gone, process_id
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()}:{finished.stdout.strip()}:1"
+    assert not process_gone(process_id())  # this process
+    assert process_gone(dead)  # a process that has exited (or whose pid now belongs to a newer one)
+    assert not process_gone(dead.replace(socket.gethostname(), "another-node"))  # cannot be seen from here
+    assert not process_gone("")  # runs from before the tag: left alone
 
 
 def test_a_server_stopped_mid_sweep_is_one_clear_error_and_no_run_stays_silently_running(
