@@ -62,7 +62,7 @@ def search(impl, objective: str, arguments: list[str]):
     try:
         impl.sweep(arguments)
     except BaseException as error:
-        parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
+        parent.stopped_by(error)
         raise
     for index, job, error in launcher.failures:  # tolerated by Optuna (hydra.sweeper.max_failure_rate)
         log.warning("trial %d (%s) failed: %s", index, " ".join(job), error)

@@ -56,7 +56,7 @@ class ValidatingSweeper(BasicSweeper):
                 index += len(batch)
                 results.append(returns)
         except BaseException as error:
-            parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
+            parent.stopped_by(error)
             raise
         report_failures(failures, len(jobs), parent)
         jobs_file = record_jobs(sweep_dir, parent, jobs, swept, [ret for returns in results for ret in returns])
@@ -154,14 +154,18 @@ class ParentRun:
             return
         self.ended = True
         try:
-            for key, value in {**(tags or {}), **({"ch11.failure": reason[:5000]} if reason else {})}.items():
+            for key, value in (tags or {}).items():
                 self.client.set_tag(self.run_id, key, value)
             if artifact is not None:
                 self.client.log_artifact(self.run_id, str(artifact))
-            self.client.set_terminated(self.run_id, status)
+            tracking.end_run(self.client, self.run_id, status, reason)
         except (MlflowException, OSError) as lost:
             # the jobs' own errors are in the log; what matters now is the store
             raise tracking.store_lost(self.client.tracking_uri, lost, f"the sweep's parent run {self.run_id}") from None
+
+    def stopped_by(self, error: BaseException) -> None:
+        """End the parent for an exception that stopped the sweep: KILLED for Ctrl-C/SIGTERM, else FAILED."""
+        self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", repr(error))
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:

@@ -250,6 +250,18 @@ def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def quiet_env() -> dict[str, str]:
+    """The environment the training command runs in: quiet TensorFlow, no inherited store or Hydra setting."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+
+
 @pytest.fixture
 def cli_env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+    return quiet_env()
+
+
+def parent_and_children(store: str, name: str = "test") -> tuple[list, list]:
+    """A store's runs of experiment `name`: (sweep parents, child runs)."""
+    found = runs(store, name)
+    return ([run for run in found if "mlflow.parentRunId" not in run.data.tags],
+            [run for run in found if "mlflow.parentRunId" in run.data.tags])

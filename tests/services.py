@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,11 +92,14 @@ def postgres():
 
 
 def healthy(uri: str) -> bool:
+    from src.errors import TrackingError
+    from src.tracking import probe_server  # what every job checks before it trains
+
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
+        probe_server(uri, timeout_s=2)
+    except TrackingError:
         return False
+    return True
 
 
 class MlflowServer:

@@ -2,7 +2,6 @@
 end to end shrunk: a few hundred real Fashion-MNIST images, one epoch, one seed."""
 
 import math
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from conftest import PARAMS, REPO
+from conftest import PARAMS, REPO, quiet_env
 from src.config import validate
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -71,7 +70,7 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
+    env = quiet_env()
     cifar = DATASETS[name] == "cifar10"
     npz = request.getfixturevalue("cifar_npz" if cifar else "fashion_npz")
     shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,

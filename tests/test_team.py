@@ -17,16 +17,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, copy_repo, dvc, history, runs, shrunk
+from conftest import REPO, cli, copy_repo, dvc, history, parent_and_children, runs, shrunk
 from services import MlflowServer, postgres
 
 pytestmark = pytest.mark.slow
-
-
-def parent_and_children(store: str, name: str = "test") -> tuple[list, list]:
-    found = runs(store, name)
-    return ([run for run in found if "mlflow.parentRunId" not in run.data.tags],
-            [run for run in found if "mlflow.parentRunId" in run.data.tags])
 
 
 # -- tracking=server: MLflow server on PostgreSQL --------------------------------------------------

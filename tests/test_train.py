@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, history, runs, shrunk
+from conftest import REPO, cli, history, parent_and_children, runs, shrunk
 from src.errors import TrackingError, TrainingError
 from src.train import train
 
@@ -103,8 +103,7 @@ def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_np
             "epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = cli(*args, env=cli_env)
     assert first.returncode == 0, first.stderr[-3000:]
-    parents = [run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    parents, children = parent_and_children(store)
     assert len(parents) == 1 and len(children) == 2
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert {run.data.params["optimizer.name"] for run in children} == {"adam", "nadam"}
@@ -184,8 +183,7 @@ def test_jobs_in_other_processes_are_children_of_the_sweep(fashion_npz, store, t
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", env=cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not re.search(r"database is locked|IntegrityError|UNIQUE constraint", result.stdout + result.stderr)
-    (parent,) = [run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    (parent,), children = parent_and_children(store)
     assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 4
     assert all(run.info.status == "FINISHED" for run in runs(store))
     assert {run.inputs.dataset_inputs[0].dataset.name for run in (parent, *children)} == {"fashion_mnist"}

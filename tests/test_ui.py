@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from selenium.webdriver.common.by import By
 
-from conftest import REPO, cli, runs, shrunk
+from conftest import REPO, cli, parent_and_children, quiet_env, shrunk
 from services import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -52,9 +52,8 @@ def swept_ui(tmp_path_factory, fashion_npz):
     """`mlflow ui` (what `make ui` starts) on a store filled by a 2-job sweep of 2 epochs."""
     folder = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "HYDRA_FULL_ERROR": ""}
     result = cli("-m", "optimizer=adam,nadam", *shrunk(fashion_npz, store, folder, train_size=300),
-                 f"hydra.sweep.dir={folder / 'sweep'}", env=env)
+                 f"hydra.sweep.dir={folder / 'sweep'}", env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     with MlflowServer("ui", store, folder / "mlartifacts", folder / "ui.log") as server:
         yield server, store
@@ -93,8 +92,7 @@ def save_screenshot(browser, path) -> None:
 def test_the_ui_shows_the_experiment_the_sweep_its_children_a_metric_chart_and_the_model(browser, swept_ui):
     server, store = swept_ui
     experiment = MlflowClient(store).get_experiment_by_name("test")
-    parent = next(run for run in runs(store) if "mlflow.parentRunId" not in run.data.tags)
-    children = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    (parent,), children = parent_and_children(store)
     base = f"{server.uri}/#/experiments/{experiment.experiment_id}"
 
     # the experiment's runs: the sweep's parent, expanded to show its two children
