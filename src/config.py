@@ -37,10 +37,13 @@ NOT_HASHED = ("name", "tracking", "force", "state_dir", "threads", "diagnostics"
 
 # -- rules -------------------------------------------------------------------------------------
 
-def integer(low: int | None = None) -> Rule:
+def integer(low: int | None = None, high: int | None = None) -> Rule:
     def rule(value):
         if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            return f"must be an integer{f' >= {low}' if low is not None else ''}"
+            bounds = (f" >= {low}" if low is not None else "") + (f" and <= {high:,}" if high else "")
+            return f"must be an integer{bounds}"
+        if high is not None and value > high:
+            return f"must be at most {high:,} (a bigger value would only exhaust memory or time)"
     return rule
 
 
@@ -83,28 +86,40 @@ def safe_name(value) -> str | None:
     return None if ok else "must be text of letters, digits, '_', '-' or '.' (not only digits), starting with a letter or digit"
 
 
-def int_list(length: int | None = None, low: int = 1) -> Rule:
+def int_list(length: int | None = None, low: int = 1, high: int | None = None) -> Rule:
     def rule(value):
-        if not isinstance(value, list) or not all(integer(low)(item) is None for item in value):
-            return f"must be a list of integers >= {low}"
+        if not isinstance(value, list) or not all(integer(low, high)(item) is None for item in value):
+            return f"must be a list of integers >= {low}" + (f" and <= {high:,}" if high else "")
         if length is not None and len(value) != length:
             return f"must have {length} items"
     return rule
 
 
 def widths(value) -> str | None:
-    if integer(1)(value) is None or (value and int_list()(value) is None):
+    if integer(1, MAX_WIDTH)(value) is None or (value and int_list(high=MAX_WIDTH)(value) is None):
         return None
-    return "must be an integer >= 1 or a list of them, one per hidden layer"
+    return f"must be an integer in [1, {MAX_WIDTH:,}] or a list of them, one per hidden layer"
+
+
+# Upper bounds: past them a value can only exhaust memory, time or a C integer (a seed of 2**32,
+# a width of 10**9, epochs of 10**20 ended in tracebacks or hung before these limits).
+MAX_SEED = 2**32 - 1          # NumPy's seeds
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_DEPTH = 1_000             # the book's deepest network has 100 layers
+MAX_WIDTH = 2**16
+MAX_PARAMETERS = 2**28        # 1 GiB of float32 weights, 3 GiB with Adam's slots
+MAX_PIXELS = 1_024            # data.resize, per side
+INPUT_SIZES = {"fashion_mnist": 28 * 28, "cifar10": 32 * 32 * 3}  # flattened MLP inputs
 
 
 # -- the schema ---------------------------------------------------------------------------------
 
 DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
-        "flatten": boolean, "resize": optional(int_list(length=2)), "train_size": optional(integer(1)),
+        "flatten": boolean, "resize": optional(int_list(length=2, high=MAX_PIXELS)), "train_size": optional(integer(1)),
         "classes": optional(int_list(low=0))}
 MLP = {
-    "name": choice("mlp"), "depth": integer(1), "activation": choice(*ACTIVATIONS),
+    "name": choice("mlp"), "depth": integer(1, MAX_DEPTH), "activation": choice(*ACTIVATIONS),
     "width": widths,
     "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
     "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
@@ -125,7 +140,7 @@ def layer_ref(value) -> str | None:
 MOBILENET_V2 = {
     "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text,
     "dropout": number(0, 1, high_open=True), "augment": choice("none", "flip", "flip_translate"),
-    "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text), "fine_tune_epochs": integer(0),
+    "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text), "fine_tune_epochs": integer(0, MAX_EPOCHS),
     "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),
 }
 MODELS = {"mlp": MLP, "mobilenet_v2": MOBILENET_V2}  # model.name -> its keys (conf/model/<name>.yaml)
@@ -164,16 +179,18 @@ SCHEDULES = {
 }
 TRACKING = {"uri": optional(text), "artifact_location": optional(text), "log_model": boolean}
 TOP = {
-    "name": safe_name, "seed": integer(0), "epochs": integer(1), "batch_size": integer(1),
-    "validation_split": optional(number(0, 1, True, True)), "deterministic": boolean,
-    "steps_per_execution": integer(1), "precision": choice(*PRECISIONS), "threads": optional(integer(1)),
-    "force": boolean, "early_stopping": {"patience": optional(integer(0)), "restore_best_weights": boolean},
-    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "on_nan": choice("fail", "record"), "mc_dropout_samples": integer(0),
-    "diagnostics": {"enabled": boolean, "batch_size": integer(1)}, "state_dir": text,
+    "name": safe_name, "seed": integer(0, MAX_SEED), "epochs": integer(1, MAX_EPOCHS),
+    "batch_size": integer(1, MAX_BATCH), "validation_split": optional(number(0, 1, True, True)),
+    "deterministic": boolean, "steps_per_execution": integer(1, MAX_BATCH), "precision": choice(*PRECISIONS),
+    "threads": optional(integer(1, 1024)),
+    "force": boolean, "early_stopping": {"patience": optional(integer(0, MAX_EPOCHS)), "restore_best_weights": boolean},
+    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "on_nan": choice("fail", "record"),
+    "mc_dropout_samples": integer(0, 10_000),
+    "diagnostics": {"enabled": boolean, "batch_size": integer(1, MAX_BATCH)}, "state_dir": text,
     "data": DATA, "model": MLP, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
     "tracking": TRACKING,
-    "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1), "source_seed": integer(0),
-                 "freeze_epochs": integer(0)},
+    "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1, MAX_EPOCHS),
+                 "source_seed": integer(0, MAX_SEED), "freeze_epochs": integer(0, MAX_EPOCHS)},
 }
 
 
@@ -250,6 +267,9 @@ def check_mlp(config: dict) -> None:
     if isinstance(model["width"], list) and len(model["width"]) != model["depth"]:
         raise ConfigError(f"model.width lists {len(model['width'])} layers but model.depth={model['depth']}; "
                           "make them agree")
+    if (parameters := mlp_parameters(config)) > MAX_PARAMETERS:
+        raise ConfigError(f"model.depth={model['depth']} x model.width={model['width']} makes {parameters:,} "
+                          f"weights, above the {MAX_PARAMETERS:,} this lab allows (1 GiB of float32); make it smaller")
     if config["mc_dropout_samples"] > 0 and model["dropout"] == 0 and model["input_dropout"] == 0:
         raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
     if model["output"] == "sigmoid" and len(config["data"]["classes"] or ()) != 2:
@@ -265,6 +285,14 @@ def check_mlp(config: dict) -> None:
             "input_dropout"] > 0:
         log.warning("alpha_dropout is designed for SELU; with %s plain dropout is the usual choice",
                     model["activation"])
+
+
+def mlp_parameters(config: dict) -> int:
+    """The MLP's weight count (Dense kernels and biases), known before anything is built."""
+    model = config["model"]
+    widths = model["width"] if isinstance(model["width"], list) else [model["width"]] * model["depth"]
+    sizes = [INPUT_SIZES[config["data"]["name"]], *widths, 10]
+    return sum((inputs + 1) * outputs for inputs, outputs in zip(sizes, sizes[1:], strict=False))
 
 
 def check_pretrained(config: dict) -> None:

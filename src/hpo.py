@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 
 from src.errors import ConfigError
-from src.sweep import ParentRun, job_config, job_error
+from src.sweep import ParentRun, hold, job_config, job_error
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def search(impl, objective: str, arguments: list[str]):
              if not override.is_sweep_override()]
     base = job_config(impl.hydra_context, impl.config, fixed)  # the experiment, data and store of every trial
     sweep_dir = Path(impl.config.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold(sweep_dir)  # noqa: F841 (held until the search returns)
     parent = ParentRun([base], sweep_dir, arguments)
     launcher = impl.launcher = ObjectiveLauncher(impl.launcher, impl.hydra_context, impl.config, objective, parent)
     try:

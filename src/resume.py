@@ -14,6 +14,7 @@ so every epoch is logged exactly once. The folder is removed when the run finish
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,22 +22,30 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from src.errors import DataError, TrackingError
+from src.errors import DataError, TrackingError, storage_error
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")  # EarlyStopping / ReduceLROnPlateau state
 
 
 class ResumeState:
     def __init__(self, root: Path, wait: bool = False):
-        """Take the config's lock; wait=True blocks until another process holding it is done."""
+        """Take the config's lock; wait=True blocks until another process holding it is done.
+
+        The kernel drops a flock when its process dies, however it dies: no stale locks.
+        """
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._lock = open(root / "lock", "w")  # noqa: SIM115 (held for the life of the run)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TrackingError(f"another process is training this exact config (lock {root / 'lock'}); "
-                                "wait for it or stop it") from None
+            if not wait:
+                raise TrackingError(f"another process is training this exact config (lock {root / 'lock'}); "
+                                    "wait for it or stop it") from None
+            log.info("another process is training this exact config: waiting for it (lock %s)", root / "lock")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     @property
     def run_id(self) -> str | None:
@@ -83,6 +92,19 @@ class ResumeState:
     def save(self, model: keras.Model, callbacks: list, epochs_done: int, history: list[dict], phase: int = 0) -> None:
         final = self.root / f"epoch_{epochs_done:04d}"
         partial = self.root / f".{final.name}.partial"
+        try:
+            self._write(partial, final, model, callbacks, epochs_done, history, phase)
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)  # give back what the half-written epoch took
+            kept = self.latest()
+            raise storage_error(error, str(partial), f"free space there (or set state_dir) and run the same command: "
+                                f"it resumes from {kept.name if kept else 'the start'}") from error
+        for older in self.root.glob("epoch_[0-9][0-9][0-9][0-9]"):
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
+
+    def _write(self, partial: Path, final: Path, model, callbacks, epochs_done, history, phase) -> None:
+        """The epoch's state into partial, then renamed to final: a kill or a full disk leaves no half epoch."""
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         np.savez(partial / "state.npz", **{f"{group}_{i}": np.asarray(v) for group, variables
@@ -95,9 +117,6 @@ class ResumeState:
         write_json(partial / "progress.json", progress)
         shutil.rmtree(final, ignore_errors=True)  # only there if this epoch was saved before a crash
         os.replace(partial, final)
-        for older in self.root.glob("epoch_[0-9][0-9][0-9][0-9]"):
-            if older != final:
-                shutil.rmtree(older, ignore_errors=True)
 
     def finish(self) -> None:
         """The run is recorded: drop the state (the lock goes with the process)."""

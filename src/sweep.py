@@ -10,6 +10,7 @@
    (skipped jobs included): what the pipeline's per-experiment summary reads.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ class ValidatingSweeper(BasicSweeper):
         swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = hold(sweep_dir)  # noqa: F841 (held until the sweep returns)
         (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs, sweep_dir, arguments)
@@ -65,6 +66,19 @@ class ValidatingSweeper(BasicSweeper):
 
     def job_config(self, job: list[str]) -> dict:
         return job_config(self.hydra_context, self.config, job)
+
+
+def hold(sweep_dir: Path):
+    """Create the sweep folder and lock it: two sweeps in one folder would mix their jobs' files and parents."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(sweep_dir / ".sweep.lock", "w")  # noqa: SIM115 (released when the sweep's process ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"another sweep is running in {sweep_dir}; give this one its own folder "
+                          "(hydra.sweep.dir=...) or wait for it") from None
+    return lock
 
 
 def job_config(hydra_context, config, job: list[str]) -> dict:

@@ -5,6 +5,8 @@ sqlite:///<repo>/mlflow.db with artifacts in <repo>/mlartifacts), so runs land i
 same place whatever the working directory. It is checked before any training starts.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -42,13 +44,32 @@ def connect(tracking: dict) -> MlflowClient:
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
     try:
-        client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
-        client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
+        with schema_lock(uri):
+            client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
+            client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError) as error:
         raise TrackingError(f"MLflow store {uri} is not usable ({one_line(error)}); "
                             "fix tracking.uri / MLFLOW_TRACKING_URI") from None
     mlflow.set_tracking_uri(uri)
     return client
+
+
+@contextlib.contextmanager
+def schema_lock(uri: str):
+    """One process at a time creates a fresh SQLite store's schema.
+
+    MLflow runs its migrations when it first opens a store; processes that open a new
+    store at once race through them ("table _alembic_tmp_experiments already exists",
+    "Online migration expected to match one row"). A lock file beside the database orders them.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield  # a server or a database server serialises its own schema changes
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f".{database.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def probe_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -100,12 +121,23 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
                 client.set_tag(resume_id, PROCESS_TAG, process_id())  # its owner now
                 if parent_run_id is not None:  # the sweep that finishes it (an earlier one was stopped)
                     client.set_tag(resume_id, "mlflow.parentRunId", parent_run_id)
+                drop_unfinished_models(client, run)  # a kill after log_model, before FINISHED
                 return mlflow.start_run(run_id=resume_id).info.run_id
         except MlflowException:
             pass  # deleted from the store: start afresh
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
                            tags={**tags, PROCESS_TAG: process_id()})
     return run.info.run_id
+
+
+def drop_unfinished_models(client: MlflowClient, run) -> None:
+    """Delete the models a killed attempt logged (PENDING if cut mid-write): the resumed run logs its own.
+
+    A run is resumed only when it did not finish, so none of its models is a result yet.
+    """
+    for model in client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'"):
+        client.delete_logged_model(model.model_id)
 
 
 # -- runs whose process died before it could close them ------------------------------------

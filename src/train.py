@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.cli import INTERRUPTED_EXIT, USER_ERROR_EXIT
 from src.config import flatten, run_identity, validate
-from src.errors import LabError, one_line
+from src.errors import LabError, one_line, storage_error
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = {"mlp": "src.engine", "mobilenet_v2": "src.pretrained.engine"}  # model.name -> what trains it
@@ -44,8 +44,7 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
           overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
     """Run one job; returns its test metrics, run id and whether it was skipped.
 
-    role names a run that another job needs (a transfer source): concurrent jobs needing
-    it wait for the one training it instead of failing on its lock.
+    role names a run that another job needs (a transfer source), as a tag and run name.
     """
     config = validate(cfg)
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 (heavy imports: only when a job really runs)
@@ -81,8 +80,10 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
                           else (None, None))
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
                           config["data"]["classes"])
-    state = ResumeState(state_root, wait=role is not None)
-    if role is not None and (done := finished_before()):  # trained by the job we waited for
+    # Another process training this exact config (a second sweep, a transfer source shared by
+    # parallel jobs): wait for it, then skip what it finished or resume what it left.
+    state = ResumeState(state_root, wait=True)
+    if done := finished_before():
         state.release()
         return done
     tags = {**{f"{tracking.TAG}{key}": value for key, value in identity.items()}, **tracking.git_tags(),
@@ -181,8 +182,11 @@ def pretrained_source(config: dict, parent_run_id: str | None) -> tuple:
         with contextlib.redirect_stdout(io.StringIO()):
             return mlflow.keras.load_model(f"runs:/{result['run_id']}/model"), result["run_id"]
     except Exception as error:  # noqa: BLE001 (any failure to read it has the same fix)
-        raise TrackingError(f"cannot load the source model of run {result['run_id']} ({one_line(error)}); "
-                            "delete that run or re-run with force=true to train it again") from None
+        run_id, uri = result["run_id"], mlflow.get_tracking_uri()
+        artifact = f"{mlflow.get_run(run_id).info.artifact_uri}/model"
+        raise TrackingError(f"cannot load the source model {artifact} of run {run_id} ({one_line(error, 160)}); "
+                            f"delete that run (MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}) "
+                            "and the same command trains it again") from None
 
 
 def log_model(model, example) -> None:
@@ -255,6 +259,12 @@ def cli() -> None:
         main()
     except (LabError, HydraException, OmegaConfBaseException) as error:
         print(f"error: {error_line(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    except OSError as error:
+        if (problem := storage_error(error, "a file", "free space (or point state_dir and hydra.run.dir elsewhere) "
+                                     "and run the same command: it resumes from its last finished epoch")) is error:
+            raise  # not a disk problem: a bug, keep its traceback
+        print(f"error: {problem}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("error: interrupted; the run is marked KILLED and the same command resumes it from its last "

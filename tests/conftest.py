@@ -23,6 +23,8 @@ from PIL import Image
 
 from src.data.idx import write_idx
 
+pytest_plugins = ["faults.reliability"]  # the fault suite's records and reports/reliability.md
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

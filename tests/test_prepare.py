@@ -92,7 +92,7 @@ def test_images_and_labels_of_different_lengths_are_refused(fashion_raw, tmp_pat
 
 def test_missing_raw_file_names_it_and_the_fix(fashion_raw, tmp_path):
     (fashion_raw / "t10k-images-idx3-ubyte").unlink()
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte not found; run the download stage again"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte not found; run `dvc repro -f download@fashion_mnist`"):
         prepare("fashion_mnist", fashion_raw, tmp_path / "out.npz", spec("fashion_mnist", valid_size=5))
 
 

@@ -14,15 +14,16 @@ from src.errors import DataError
 UBYTE = 0x08
 
 
-def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def read_idx(path: Path, shape: tuple[int, ...], fix: str = "run the download stage again") -> np.ndarray:
     """Read an uncompressed IDX file of uint8, checking magic and the per-item shape.
 
-    `shape` is the expected shape of one item: () for labels, (28, 28) for images.
+    `shape` is the expected shape of one item: () for labels, (28, 28) for images; `fix`
+    ends the error of a missing file.
     """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path} not found; run the download stage again (dvc repro -f download@<dataset>)") from None
+        raise DataError(f"{path} not found; {fix}") from None
     ndim = 1 + len(shape)
     expected_magic = (UBYTE << 8) | ndim
     magic = int.from_bytes(data[:4], "big")

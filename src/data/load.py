@@ -44,6 +44,8 @@ class Prepared:
 def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
     """Read a prepared .npz and its .json; check keys, dtypes and (if verify) every hash."""
     path = Path(path)
+    if path.suffix != ".npz":
+        raise DataError(f"{path} is not a prepared dataset; point data.path at data/prepared/<dataset>.npz")
     fix = f"delete it and run `dvc repro prepare@{path.stem}`"
     meta_path = path.with_suffix(".json")
     if not path.is_file():

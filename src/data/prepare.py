@@ -72,8 +72,9 @@ def read_fashion_mnist(raw_dir: Path, record: dict, spec: dict):
     splits = []
     for split in ("train", "test"):
         images_file, labels_file = FASHION_FILES[split]
-        images = read_idx(raw_dir / images_file, (28, 28))
-        labels = read_idx(raw_dir / labels_file, ()).astype(np.int64)
+        fix = "run `dvc repro -f download@fashion_mnist`"
+        images = read_idx(raw_dir / images_file, (28, 28), fix)
+        labels = read_idx(raw_dir / labels_file, (), fix).astype(np.int64)
         if len(images) != len(labels):
             raise DataError(
                 f"{raw_dir}: {images_file} holds {len(images)} images but {labels_file} "

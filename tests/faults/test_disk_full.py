@@ -1,0 +1,95 @@
+"""Scenario 4: the disk that holds the job's resume state and outputs fills up mid-run.
+
+A real small tmpfs (root may mount one; CI runs as root) holds state_dir and the job's
+folder; the MLflow store lives elsewhere, as a team's server would. When the disk fills
+after the first epoch, the job must stop with one line naming the file and the fix, mark
+its run FAILED with that reason, keep its last good epoch loadable, and resume from it
+once space is back.
+"""
+
+import errno
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, cli, history, runs, shrunk
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to mount a tmpfs (run as root): {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> int:
+    """Write a file until the disk refuses: bytes written."""
+    written = 0
+    with open(folder / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 2**20)
+                filler.flush()
+                written += 2**20
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return written
+
+
+def test_a_disk_full_mid_run_is_one_line_a_failed_run_and_the_last_epoch_resumes(small_disk, fashion_npz, store,
+                                                                                 tmp_path, cli_env, faults):
+    args = [*shrunk(fashion_npz, store, small_disk, train_size=15000), "epochs=4", "deterministic=true",
+            f"hydra.run.dir={small_disk / 'run'}"]
+    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((small_disk / "state").glob("*/epoch_0001")) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job never finished epoch 1"
+        time.sleep(0.01)
+    filled = fill(small_disk)
+    kept = sorted((small_disk / "state").glob("*/epoch_*"))
+    faults.inject("ENOSPC", f"{filled >> 20} MiB filler after {kept[-1].name if kept else 'no epoch'}")
+    _, stderr = job.communicate(timeout=300)
+
+    assert job.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert "No space left on device" in errors[0] and str(small_disk) in errors[0] and "free space" in errors[0]
+    (run,) = runs(store)
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["ch11.failure"]
+    saved = sorted((small_disk / "state").glob("*/epoch_*"))
+    assert len(saved) == 1 and not list((small_disk / "state").glob("*/.epoch_*.partial"))  # no half epoch kept
+    good = int(saved[0].name[-4:])
+    assert good >= 1
+
+    (small_disk / "filler").unlink()
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming at epoch {good + 1} of 4" in resumed.stdout + resumed.stderr
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and "ch11.failure" not in run.data.tags
+    assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_a_disk_already_full_is_one_line_before_any_run_starts(small_disk, fashion_npz, store, cli_env, faults):
+    fill(small_disk)
+    faults.inject("ENOSPC", "disk full before the job starts")
+    result = cli(*shrunk(fashion_npz, store, small_disk), f"hydra.run.dir={small_disk / 'run'}", env=cli_env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "No space left on device" in errors[0] and str(small_disk / "run") in errors[0] and "free space" in errors[0]
+    assert all(run.info.status != "RUNNING" for run in runs(store))

@@ -1,0 +1,152 @@
+"""Scenarios 1-2: a training job killed at random points (SIGKILL) or preempted (SIGTERM).
+
+The job: 4 epochs of an MLP with dropout, Batch Normalization and Nesterov momentum on
+real Fashion-MNIST images in deterministic mode, so the dropout seeds, the moving
+statistics and the optimizer slots must all come back for a resumed run to match.
+"""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, cli, history, parent_and_children, runs, shrunk
+
+pytestmark = pytest.mark.slow
+CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+def job_args(fashion_npz, store, tmp_path, seed: int, train_size: int = 3000) -> list[str]:
+    return [*shrunk(fashion_npz, store, tmp_path, train_size=train_size), "epochs=4", "deterministic=true",
+            "model.dropout=0.2", "model.batch_norm=after", "optimizer=nesterov", f"seed={seed}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+
+
+def start(args, env, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+
+
+def progress(tmp_path, store) -> str:
+    """Where a job stands: epochs in its resume state and epochs its run has logged."""
+    saved = sorted(path.name for path in (tmp_path / "state").glob("*/epoch_*"))
+    open_runs = [run for run in runs(store) if run.info.status == "RUNNING"]
+    logged = len(history(MlflowClient(store), open_runs[0].info.run_id, "loss")) if open_runs else 0
+    if not open_runs:
+        return "before its run started"
+    return f"{saved[-1] if saved else 'no epoch'} saved, {logged} epochs logged"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result(
+        seed, fashion_npz, store, tmp_path, cli_env, faults):
+    """Killed up to 3 times at random moments, then run to the end: same curves and test accuracy as a
+    run never killed, bit for bit; each epoch logged once; one FINISHED run, no run left RUNNING."""
+    args = job_args(fashion_npz, store, tmp_path, seed, train_size=15000)  # epochs long enough to land in
+    started = time.monotonic()
+    reference = start([*args, "name=reference"], cli_env)
+    while not list((tmp_path / "state").glob("*/run.json")) and reference.poll() is None:
+        time.sleep(0.05)
+    setup = time.monotonic() - started  # imports, data, store: before the run exists
+    assert reference.wait() == 0
+    training = time.monotonic() - started - setup  # the run's life: epochs, evaluation, model, figures
+    rng = random.Random(seed)
+    for _ in range(3):  # a random moment of what is left to do, so each kill lands mid-run
+        left = sorted((tmp_path / "state").glob("*/epoch_*"))
+        done = int(left[-1].name[-4:]) if left else 0
+        delay = setup + rng.uniform(0.05, 0.8) * training * (4 - done + 1) / 5  # + 1: evaluation, model
+        job = start(args, cli_env)
+        try:
+            job.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            where = progress(tmp_path, store)
+            job.kill()
+            job.wait()
+            faults.inject("SIGKILL", f"seed {seed} at {delay:.0f} s, {where}")
+        else:
+            assert job.returncode == 0
+            break
+
+    final = cli(*args, env=cli_env)
+    assert final.returncode == 0, final.stderr[-3000:]
+    client = MlflowClient(store)
+    (expected,) = runs(store, "reference")
+    finished = [run for run in runs(store) if run.info.status == "FINISHED"]
+    assert len(finished) == 1, [run.info.status for run in runs(store)]
+    (run,) = finished
+    for other in runs(store):  # killed before it could note its run id: closed by the next start, empty
+        if other.info.run_id != run.info.run_id:
+            assert other.info.status == "KILLED" and not history(client, other.info.run_id, "loss")
+    for key in CURVES:
+        logged = history(client, run.info.run_id, key)
+        assert [step for step, _ in logged] == [1, 2, 3, 4], key  # each epoch exactly once
+        assert logged == history(client, expected.info.run_id, key), key
+    assert run.data.metrics["test_accuracy"] == expected.data.metrics["test_accuracy"]
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [str(model.status) for model in models] == ["READY"]  # none left half-written by a kill
+    assert not list((tmp_path / "state").glob("*/epoch_*"))  # removed once the run is recorded
+
+
+def test_sigterm_saves_the_state_marks_the_run_killed_and_the_next_start_resumes_it(
+        fashion_npz, store, tmp_path, cli_env, faults):
+    """A cluster's preemption: exit 130 with one line, the run KILLED with the reason, the last
+    epoch's state on disk; the same command resumes that run to FINISHED, each epoch once."""
+    args = job_args(fashion_npz, store, tmp_path, seed=3)
+    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "state").glob("*/epoch_0001")) and job.poll() is None:
+        assert time.monotonic() < deadline, "the job never finished epoch 1"
+        time.sleep(0.01)
+    time.sleep(random.Random(3).uniform(0, 1))
+    faults.inject("SIGTERM", progress(tmp_path, store))
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; the run is marked KILLED and the same command resumes it from its last finished epoch"]
+    (stopped,) = runs(store)
+    assert stopped.info.status == "KILLED" and "SIGTERM" in stopped.data.tags["ch11.failure"]
+    saved = list((tmp_path / "state").glob("*/epoch_*"))
+    assert saved and (saved[0] / "state.npz").is_file()
+
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming at epoch {int(saved[0].name[-4:]) + 1} of 4" in resumed.stdout + resumed.stderr
+    (run,) = runs(store)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert "ch11.failure" not in run.data.tags
+    assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_sigterm_stops_a_sweep_and_the_same_sweep_command_finishes_it(fashion_npz, store, tmp_path, cli_env,
+                                                                      faults):
+    """Preempted in its first job, a 2-job sweep ends KILLED (parent and job); run again, it resumes that
+    job and trains the other under a new parent: two FINISHED children, nothing left RUNNING."""
+    args = ["-m", "optimizer=sgd,adam", *shrunk(fashion_npz, store, tmp_path, train_size=3000), "epochs=3",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "state").glob("*/epoch_0001")) and job.poll() is None:
+        assert time.monotonic() < deadline, "the first job never finished epoch 1"
+        time.sleep(0.01)
+    faults.inject("SIGTERM", f"sweep, job 0: {progress(tmp_path, store)}")
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr[-3000:]
+    parents, children = parent_and_children(store)
+    assert [run.info.status for run in parents + children] == ["KILLED", "KILLED"]
+
+    again = cli(*args, env=cli_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parents, children = parent_and_children(store)
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED"]
+    assert [run.info.status for run in children] == ["FINISHED", "FINISHED"]
+    assert {run.data.params["optimizer.name"] for run in children} == {"sgd", "adam"}
+    for child in children:
+        assert [step for step, _ in history(MlflowClient(store), child.info.run_id, "loss")] == [1, 2, 3]
