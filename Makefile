@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install system run test bench data report dag ui server lock clean
+.PHONY: help install system run test faults mutants bench data report dag ui server lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,12 @@ report: $(STAMP) ## Only what the report needs: the experiments that changed, th
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+faults: $(STAMP) ## The fault-injection suite alone, then reports/reliability.md (root: it mounts a small tmpfs)
+	$(BIN)/python -m pytest tests/faults --reliability-report reports/reliability.md $(PYTEST_ARGS)
+
+mutants: $(STAMP) ## Remove each protection the fault suite checks; its test must fail (reports/fault_mutations.json)
+	$(BIN)/python tests/faults/mutate.py
 
 bench: $(STAMP) ## Run every benchmark: reports/benchmarks.md and .json (about 18 min on 2 cores)
 	$(BIN)/dvc repro prepare

@@ -92,3 +92,21 @@ def test_a_second_sweep_in_the_same_folder_is_refused_and_the_first_is_untouched
     (parent,), children = parent_and_children(store)
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert json.loads((tmp_path / "sweep" / "mlflow_parent.json").read_text())["run_id"] == parent.info.run_id
+
+
+def test_a_parallel_sweep_of_four_jobs_on_a_fresh_store_makes_four_children(fashion_npz, store, tmp_path, cli_env,
+                                                                          faults):
+    """4 jobs, two processes, one fresh SQLite store: no lock, schema or duplicate-row errors.
+
+    The jobs used to race to insert the new dataset's row (sqlite3.IntegrityError); the
+    parent now logs it before they start."""
+    faults.inject("4 parallel jobs", "hydra/launcher=parallel (joblib), one fresh SQLite store")
+    result = cli("-m", "hydra/launcher=parallel", "threads=1", "optimizer=sgd,momentum,adam,nadam",
+                 *shrunk(fashion_npz, store, tmp_path, train_size=300), "epochs=1",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", env=cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not re.search(r"database is locked|IntegrityError|UNIQUE constraint", result.stdout + result.stderr)
+    (parent,), children = parent_and_children(store)
+    assert [run.data.tags["mlflow.parentRunId"] for run in children] == [parent.info.run_id] * 4
+    assert all(run.info.status == "FINISHED" for run in runs(store))
+    assert {run.inputs.dataset_inputs[0].dataset.name for run in (parent, *children)} == {"fashion_mnist"}

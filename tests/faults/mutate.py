@@ -1,0 +1,90 @@
+"""The mutation check: remove each protection the fault suite relies on, and see its test fail.
+
+    python tests/faults/mutate.py            # all; writes reports/fault_mutations.json
+
+Each mutation edits a copy of the repository (never this tree), runs the one test that
+guards that protection there, and records whether the test failed, as it must. `make
+faults` shows the findings in reports/reliability.md.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from conftest import copy_repo  # noqa: E402
+
+KILL = "tests/faults/test_kill.py::"
+MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
+    ("a resumed job loads its last saved epoch",
+     KILL + "test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result[1]",
+     [("src/resume.py", "        latest = self.latest()\n        if latest is None:\n            return self.progress()",
+       "        latest = None\n        if latest is None:\n            return self.progress()")]),
+    ("SIGTERM stops the job like Ctrl-C (run KILLED, state kept)",
+     KILL + "test_sigterm_saves_the_state_marks_the_run_killed_and_the_next_start_resumes_it",
+     [("src/train.py", "    signal.signal(signal.SIGTERM, stop_on_sigterm)\n", "")]),
+    ("runs of killed processes are closed by the next start",
+     "tests/faults/test_dvc_kill.py::test_dvc_repro_killed_mid_stage_then_rerun_completes_with_nothing_stale_lost_or_doubled",
+     [("src/train.py", "    tracking.close_orphans(client, experiment_id)\n", ""),
+      ("src/sweep.py", "        tracking.close_orphans(self.client, experiment_id)\n", "")]),
+    ("a full disk becomes one line naming the file",
+     "tests/faults/test_disk_full.py::test_a_disk_full_mid_run_is_one_line_a_failed_run_and_the_last_epoch_resumes",
+     [("src/errors.py", "    if error.errno not in DISK_ERRNOS:\n        return error", "    return error")]),
+    ("an unreadable prepared .npz becomes one line naming it and the fix",
+     "tests/faults/test_corrupt.py::test_a_truncated_or_bit_flipped_prepared_dataset_is_refused_before_a_run_starts",
+     [("src/data/load.py", "    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:",
+       "    except KeyError as error:")]),
+    ("a fresh SQLite store's schema is created by one process at a time",
+     "tests/faults/test_concurrency.py::test_four_jobs_started_together_on_a_fresh_store_each_record_one_complete_run",
+     [("src/tracking.py", "        with schema_lock(uri):", "        with contextlib.nullcontext():")]),
+    ("a second process waits for a config being trained",
+     "tests/faults/test_concurrency.py::test_two_sweeps_of_the_same_experiment_started_together_train_each_config_once",
+     [("src/train.py", "    state = ResumeState(state_root, wait=True)", "    state = ResumeState(state_root, wait=False)")]),
+    ("names used for folders refuse separators and traversal",
+     "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
+     [("src/config.py", "    return None if ok else \"must be text of letters", "    return None if True else \"must be text of letters")]),
+]
+
+
+def mutate(work: Path, edits: list[tuple[str, str, str]]) -> None:
+    for name, text, replacement in edits:
+        path = work / name
+        source = path.read_text()
+        assert source.count(text) == 1, f"{name}: the text to mutate is not there once (the code moved?): {text!r}"
+        path.write_text(source.replace(text, replacement))
+
+
+def check(protection: str, test: str, edits: list) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ch11-mutant-") as folder:
+        work = copy_repo(Path(folder) / "repo")
+        mutate(work, edits)
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider"], cwd=work,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+                                timeout=900)
+    summary = (result.stdout.strip().splitlines() or [""])[-1]
+    caught = result.returncode == 1 and " failed" in summary  # failed as a test, not a collection error
+    print(f"{'caught' if caught else 'MISSED'}: {protection} ({summary})", flush=True)
+    return {"protection": protection, "file": ", ".join(sorted({name for name, *_ in edits})), "test": test,
+            "caught": caught, "result": summary, "seconds": round(time.monotonic() - started)}
+
+
+def main() -> int:
+    findings = [check(*mutation) for mutation in MUTATIONS]
+    output = REPO / "reports" / "fault_mutations.json"
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_text(json.dumps(findings, indent=1) + "\n")
+    os.replace(partial, output)
+    missed = [finding["protection"] for finding in findings if not finding["caught"]]
+    print(f"{len(findings) - len(missed)} of {len(findings)} mutations caught -> {output.relative_to(REPO)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
