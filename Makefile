@@ -53,8 +53,10 @@ data: $(STAMP) ## Only the data stages (download, prepare)
 report: $(STAMP) ## Only what the report needs: the experiments that changed, then reports/results.md
 	$(BIN)/dvc repro report
 
+# Two workers: most tests wait on subprocesses, servers, DVC or the store, so two overlap
+# on 2 cores (measured in the README). PYTEST_ARGS="-n 0" runs them one at a time.
 test: $(STAMP) ## Run the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 faults: $(STAMP) ## The fault-injection suite alone, then reports/reliability.md (root: it mounts a small tmpfs)
 	$(BIN)/python -m pytest tests/faults --reliability-report reports/reliability.md $(PYTEST_ARGS)

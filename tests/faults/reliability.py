@@ -93,7 +93,7 @@ def write_report(path: Path, records: list[Record]) -> None:
              "(how many times), where they landed, and the outcome. A passed row means the pipeline lost "
              "nothing: see each test's docstring in `tests/faults/` for what it checks.", ""]
     total = Counter()
-    for scenario in dict.fromkeys(r["scenario"] for r in data["tests"]):
+    for scenario in sorted(dict.fromkeys(r["scenario"] for r in data["tests"])):  # in the order
         lines += [f"## {scenario}", "", "| test | injected | outcome | s |", "|---|---|---|---:|"]
         for row in (r for r in data["tests"] if r["scenario"] == scenario):
             injected = ", ".join(f"{kind} x{count}" for kind, count in row["injected"].items()) or "-"
@@ -109,7 +109,7 @@ def write_report(path: Path, records: list[Record]) -> None:
     if mutations:
         caught = sum(m["caught"] for m in mutations)
         lines += ["## Mutation check: each protection removed, its test must fail", "",
-                  f"`python -m tests.faults.mutate` ({caught} of {len(mutations)} caught):", "",
+                  f"`make mutants` (tests/faults/mutate.py): {caught} of {len(mutations)} caught.", "",
                   "| protection removed | file | test | test failed |", "|---|---|---|---|"]
         lines += [f"| {m['protection']} | {m['file']} | {m['test']} | {'yes' if m['caught'] else 'NO'} |"
                   for m in mutations]

@@ -68,7 +68,7 @@ def test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the
     before = snapshot(repo_copy)
     problems = []
     for override, named in HOSTILE.items():
-        faults.inject("hostile override", override)
+        faults.inject("hostile override")  # the overrides are listed above, HOSTILE
         result = subprocess.run([sys.executable, "-m", "src.train", *(["-m"] if sweep else []), override, "epochs=1"
                                  if not override.startswith("epochs") else "threads=1"],
                                 cwd=repo, env={**quiet_env(), "HOME": str(repo_copy)}, capture_output=True,

@@ -37,39 +37,64 @@ def progress(tmp_path, store) -> str:
     open_runs = [run for run in runs(store) if run.info.status == "RUNNING"]
     logged = len(history(MlflowClient(store), open_runs[0].info.run_id, "loss")) if open_runs else 0
     if not open_runs:
-        return "before its run started"
+        finished = any(run.info.status == "FINISHED" for run in runs(store))
+        return "after its run was recorded FINISHED" if finished else "before its run started"
     return f"{saved[-1] if saved else 'no epoch'} saved, {logged} epochs logged"
+
+
+def appeared(path_glob, tmp_path) -> bool:
+    return bool(list((tmp_path / "state").glob(path_glob)))
+
+
+def wait_for(condition, job, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert job.poll() is None or condition(), f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in 300 s"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result(
         seed, fashion_npz, store, tmp_path, cli_env, faults):
-    """Killed up to 3 times at random moments, then run to the end: same curves and test accuracy as a
-    run never killed, bit for bit; each epoch logged once; one FINISHED run, no run left RUNNING."""
+    """Killed 3 times, each in a random epoch still to do (or in the evaluation and recording after the
+    last) at a random moment of it, then run to the end: same curves and test accuracy as a run never
+    killed, bit for bit; each epoch logged once; one FINISHED run and model, no run left RUNNING."""
     args = job_args(fashion_npz, store, tmp_path, seed, train_size=15000)  # epochs long enough to land in
-    started = time.monotonic()
-    reference = start([*args, "name=reference"], cli_env)
-    while not list((tmp_path / "state").glob("*/run.json")) and reference.poll() is None:
-        time.sleep(0.05)
-    setup = time.monotonic() - started  # imports, data, store: before the run exists
-    assert reference.wait() == 0
-    training = time.monotonic() - started - setup  # the run's life: epochs, evaluation, model, figures
+    env = {**cli_env, "PYTHONUNBUFFERED": "1"}  # Keras's "Epoch 3/4" reaches the log as it is printed
+    reference = start([*args, "name=reference"], env)
+    marks = {}
+    while reference.poll() is None:
+        for epoch in range(1, 5):
+            if epoch not in marks and appeared(f"*/epoch_{epoch:04d}", tmp_path):
+                marks[epoch] = time.monotonic()
+        time.sleep(0.01)
+    assert reference.returncode == 0 and len(marks) == 4
+    epoch_time, finish_time = (marks[4] - marks[2]) / 2, time.monotonic() - marks[4]
     rng = random.Random(seed)
-    for _ in range(3):  # a random moment of what is left to do, so each kill lands mid-run
-        left = sorted((tmp_path / "state").glob("*/epoch_*"))
-        done = int(left[-1].name[-4:]) if left else 0
-        delay = setup + rng.uniform(0.05, 0.8) * training * (4 - done + 1) / 5  # + 1: evaluation, model
-        job = start(args, cli_env)
-        try:
-            job.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            where = progress(tmp_path, store)
-            job.kill()
-            job.wait()
-            faults.inject("SIGKILL", f"seed {seed} at {delay:.0f} s, {where}")
+    for attempt in range(3):
+        saved = sorted((tmp_path / "state").glob("*/epoch_*"))
+        done = int(saved[-1].name[-4:]) if saved else 0
+        target = rng.randint(done + 1, 5)  # epoch 5: evaluation, model and figures after the last epoch
+        log = tmp_path / f"attempt{attempt}.log"
+        with open(log, "w") as output:
+            job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+        if target <= 4:
+            wait_for(lambda log=log, target=target: f"Epoch {target}/4" in log.read_text(), job, f"epoch {target}")
+            delay = rng.uniform(0, 0.9) * epoch_time
         else:
+            wait_for(lambda: appeared("*/epoch_0004", tmp_path), job, "the last epoch")
+            delay = rng.uniform(0, 0.9) * finish_time
+        time.sleep(delay)
+        if job.poll() is not None:
             assert job.returncode == 0
             break
+        where = progress(tmp_path, store)
+        job.kill()
+        job.wait()
+        phase = f"epoch {target}" if target <= 4 else "recording"
+        faults.inject("SIGKILL", f"seed {seed}, {phase} + {delay:.2f} s ({where})")
 
     final = cli(*args, env=cli_env)
     assert final.returncode == 0, final.stderr[-3000:]
