@@ -183,8 +183,7 @@ def pretrained_source(config: dict, parent_run_id: str | None) -> tuple:
             return mlflow.keras.load_model(f"runs:/{result['run_id']}/model"), result["run_id"]
     except Exception as error:  # noqa: BLE001 (any failure to read it has the same fix)
         run_id, uri = result["run_id"], mlflow.get_tracking_uri()
-        artifact = f"{mlflow.get_run(run_id).info.artifact_uri}/model"
-        raise TrackingError(f"cannot load the source model {artifact} of run {run_id} ({one_line(error, 160)}); "
+        raise TrackingError(f"cannot load the source model runs:/{run_id}/model ({one_line(error, 160)}); "
                             f"delete that run (MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}) "
                             "and the same command trains it again") from None
 
