@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from src.errors import DataError, TrackingError, storage_error
+from src.errors import DataError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")  # EarlyStoppin
 
 
 class ResumeState:
-    def __init__(self, root: Path, wait: bool = False):
-        """Take the config's lock; wait=True blocks until another process holding it is done.
+    def __init__(self, root: Path):
+        """Take the config's lock, waiting while another process trains this exact config.
 
         The kernel drops a flock when its process dies, however it dies: no stale locks.
         """
@@ -40,10 +40,7 @@ class ResumeState:
         self._lock = open(root / "lock", "w")  # noqa: SIM115 (held for the life of the run)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise TrackingError(f"another process is training this exact config (lock {root / 'lock'}); "
-                                    "wait for it or stop it") from None
+        except BlockingIOError:  # a second sweep, or parallel jobs sharing a transfer source
             log.info("another process is training this exact config: waiting for it (lock %s)", root / "lock")
             fcntl.flock(self._lock, fcntl.LOCK_EX)
 

@@ -80,10 +80,8 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
                           else (None, None))
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
                           config["data"]["classes"])
-    # Another process training this exact config (a second sweep, a transfer source shared by
-    # parallel jobs): wait for it, then skip what it finished or resume what it left.
-    state = ResumeState(state_root, wait=True)
-    if done := finished_before():
+    state = ResumeState(state_root)  # waits for a process training this exact config, then:
+    if done := finished_before():  # skip what it finished (or resume below what it left)
         state.release()
         return done
     tags = {**{f"{tracking.TAG}{key}": value for key, value in identity.items()}, **tracking.git_tags(),

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE.parent)]  # the project and tests/conftest.py
 from conftest import copy_repo  # noqa: E402
+from src.report.summary import write_atomic  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
@@ -48,7 +49,8 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
      [("src/tracking.py", "        with schema_lock(uri):", "        with contextlib.nullcontext():")]),
     ("a second process waits for a config being trained",
      "tests/faults/test_concurrency.py::test_two_sweeps_of_the_same_experiment_started_together_train_each_config_once",
-     [("src/train.py", "ResumeState(state_root, wait=True)", "ResumeState(state_root, wait=False)")]),
+     [("src/resume.py", "            fcntl.flock(self._lock, fcntl.LOCK_EX)\n",
+       "            raise BlockingIOError(\"another process is training this exact config\")\n")]),
     ("names used for folders refuse separators and traversal",
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/config.py", "    return None if ok else \"must be text of letters",
@@ -82,9 +84,7 @@ def check(protection: str, test: str, edits: list) -> dict:
 def main() -> int:
     findings = [check(*mutation) for mutation in MUTATIONS]
     output = REPO / "reports" / "fault_mutations.json"
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(json.dumps(findings, indent=1) + "\n")
-    os.replace(partial, output)
+    write_atomic(output, json.dumps(findings, indent=1) + "\n")
     missed = [finding["protection"] for finding in findings if not finding["caught"]]
     print(f"{len(findings) - len(missed)} of {len(findings)} mutations caught -> {output.relative_to(REPO)}")
     return 1 if missed else 0

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from src.report.summary import write_atomic
+
 REPO = Path(__file__).resolve().parents[2]
 MUTATIONS = REPO / "reports" / "fault_mutations.json"
 SCENARIOS = {  # module -> the scenario
@@ -114,8 +116,5 @@ def write_report(path: Path, records: list[Record]) -> None:
         lines += [f"| {m['protection']} | {m['file']} | {m['test']} | {'yes' if m['caught'] else 'NO'} |"
                   for m in mutations]
         lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((path, "\n".join(lines)), (path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")):
-        partial = target.with_name(f".{target.name}.partial")
-        partial.write_text(text)
-        os.replace(partial, target)
+    write_atomic(path, "\n".join(lines))
+    write_atomic(path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")

@@ -7,14 +7,13 @@ per config), nothing corrupted (no lock or schema errors, each run's artifacts i
 import json
 import re
 import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, history, parent_and_children, runs, shrunk
+from conftest import cli, history, parent_and_children, runs, shrunk
+from faults.jobs import start, wait_for
 
 pytestmark = pytest.mark.slow
 RACE_ERRORS = r"database is locked|IntegrityError|UNIQUE constraint|already exists|Traceback"
@@ -22,8 +21,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "nadam")
 
 
 def launch(args, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return start(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_four_jobs_started_together_on_a_fresh_store_each_record_one_complete_run(fashion_npz, store, tmp_path,
@@ -78,10 +76,7 @@ def test_a_second_sweep_in_the_same_folder_is_refused_and_the_first_is_untouched
     args = ["-m", "optimizer=sgd,adam", *shrunk(fashion_npz, store, tmp_path, train_size=300),
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = launch(args, cli_env)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "sweep" / "mlflow_parent.json").is_file():
-        assert first.poll() is None and time.monotonic() < deadline, "the first sweep never started"
-        time.sleep(0.05)
+    wait_for((tmp_path / "sweep" / "mlflow_parent.json").is_file, first, "the first sweep's parent run", 120)
     faults.inject("2 sweeps, one folder", "second started while the first trains")
     second = cli(*args, env=cli_env)
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]

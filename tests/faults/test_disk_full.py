@@ -10,13 +10,12 @@ once space is back.
 import errno
 import os
 import subprocess
-import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, history, runs, shrunk
+from conftest import cli, history, runs, shrunk
+from faults.jobs import start_past_epoch_1
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +52,7 @@ def test_a_disk_full_mid_run_is_one_line_a_failed_run_and_the_last_epoch_resumes
                                                                                  tmp_path, cli_env, faults):
     args = [*shrunk(fashion_npz, store, small_disk, train_size=15000), "epochs=4", "deterministic=true",
             f"hydra.run.dir={small_disk / 'run'}"]
-    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((small_disk / "state").glob("*/epoch_0001")) and job.poll() is None:
-        assert time.monotonic() < deadline, "the job never finished epoch 1"
-        time.sleep(0.01)
+    job = start_past_epoch_1(args, cli_env, small_disk / "state")
     filled = fill(small_disk)
     kept = sorted((small_disk / "state").glob("*/epoch_*"))
     faults.inject("ENOSPC", f"{filled >> 20} MiB filler after {kept[-1].name if kept else 'no epoch'}")

@@ -8,13 +8,13 @@ statistics and the optimizer slots must all come back for a resumed run to match
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, history, parent_and_children, runs, shrunk
+from conftest import cli, history, parent_and_children, runs, shrunk
+from faults.jobs import start, start_past_epoch_1, wait_for
 
 pytestmark = pytest.mark.slow
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -24,11 +24,6 @@ def job_args(fashion_npz, store, tmp_path, seed: int, train_size: int = 3000) ->
     return [*shrunk(fashion_npz, store, tmp_path, train_size=train_size), "epochs=4", "deterministic=true",
             "model.dropout=0.2", "model.batch_norm=after", "optimizer=nesterov", f"seed={seed}",
             f"hydra.run.dir={tmp_path / 'run'}"]
-
-
-def start(args, env, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
 
 
 def progress(tmp_path, store) -> str:
@@ -44,14 +39,6 @@ def progress(tmp_path, store) -> str:
 
 def appeared(path_glob, tmp_path) -> bool:
     return bool(list((tmp_path / "state").glob(path_glob)))
-
-
-def wait_for(condition, job, what: str) -> None:
-    deadline = time.monotonic() + 300
-    while not condition():
-        assert job.poll() is None or condition(), f"the job ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} in 300 s"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -78,8 +65,7 @@ def test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_
         target = rng.randint(done + 1, 5)  # epoch 5: evaluation, model and figures after the last epoch
         log = tmp_path / f"attempt{attempt}.log"
         with open(log, "w") as output:
-            job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT)
+            job = start(args, env, stdout=output, stderr=subprocess.STDOUT)
         if target <= 4:
             wait_for(lambda log=log, target=target: f"Epoch {target}/4" in log.read_text(), job, f"epoch {target}")
             delay = rng.uniform(0, 0.9) * epoch_time
@@ -121,12 +107,7 @@ def test_sigterm_saves_the_state_marks_the_run_killed_and_the_next_start_resumes
     """A cluster's preemption: exit 130 with one line, the run KILLED with the reason, the last
     epoch's state on disk; the same command resumes that run to FINISHED, each epoch once."""
     args = job_args(fashion_npz, store, tmp_path, seed=3)
-    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "state").glob("*/epoch_0001")) and job.poll() is None:
-        assert time.monotonic() < deadline, "the job never finished epoch 1"
-        time.sleep(0.01)
+    job = start_past_epoch_1(args, cli_env, tmp_path / "state")
     time.sleep(random.Random(3).uniform(0, 1))
     faults.inject("SIGTERM", progress(tmp_path, store))
     job.send_signal(signal.SIGTERM)
@@ -154,12 +135,7 @@ def test_sigterm_stops_a_sweep_and_the_same_sweep_command_finishes_it(fashion_np
     job and trains the other under a new parent: two FINISHED children, nothing left RUNNING."""
     args = ["-m", "optimizer=sgd,adam", *shrunk(fashion_npz, store, tmp_path, train_size=3000), "epochs=3",
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    job = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=REPO, env=cli_env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "state").glob("*/epoch_0001")) and job.poll() is None:
-        assert time.monotonic() < deadline, "the first job never finished epoch 1"
-        time.sleep(0.01)
+    job = start_past_epoch_1(args, cli_env, tmp_path / "state")  # the sweep's first job
     faults.inject("SIGTERM", f"sweep, job 0: {progress(tmp_path, store)}")
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=120)
