@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 
 from src.errors import ConfigError
-from src.sweep import ParentRun, hold, job_config, job_error
+from src.sweep import ParentRun, hold, job_config, job_error, release_workers
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def search(impl, objective: str, arguments: list[str]):
     except BaseException as error:
         parent.stopped_by(error)
         raise
+    release_workers()  # not after an interrupt: the workers are still closing their runs
     for index, job, error in launcher.failures:  # tolerated by Optuna (hydra.sweeper.max_failure_rate)
         log.warning("trial %d (%s) failed: %s", index, " ".join(job), error)
     results = sweep_dir / "optimization_results.yaml"
