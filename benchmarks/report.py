@@ -35,7 +35,8 @@ BENCHMARKS = {
                        ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
     "feature_cache": ("feature_cache", ["--epochs", "10", "--repeats", "2"], ["--epochs", "2", "--repeats", "1"]),
     "headline": ("headline", ["--train-size", "20000"], ["--experiments", "seed_notebook", "--train-size", "2000"]),
-    "headline_chapter": ("headline", ["--experiments", "all", "--train-size", "20000", "--seeds", "42"],
+    "headline_chapter": ("headline", ["--experiments", "all", "--train-size", "20000", "--seeds", "42",
+                                      "--ways", "chapter,stages"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
 # Longer than make bench's 20 minutes allow (an estimated 20-30 minutes alone): run with --only; the

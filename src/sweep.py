@@ -83,6 +83,9 @@ def hold(sweep_dir: Path):
     return lock
 
 
+REUSE_WORKERS = False  # src.chapter: another sweep follows in this process and reuses the workers
+
+
 def release_workers() -> None:
     """Stop the parallel launcher's worker processes once the sweep's jobs have returned.
 
@@ -90,6 +93,8 @@ def release_workers() -> None:
     process takes ~2 s to tear down: 2 s of every parallel sweep spent waiting on idle
     processes. Nothing is running in them now (every job returned), so they are killed.
     """
+    if REUSE_WORKERS:
+        return
     loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # imported only by the parallel launcher
     executor = getattr(loky, "_executor", None)  # joblib's one reusable executor (no public accessor)
     if executor is not None:

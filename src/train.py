@@ -232,7 +232,9 @@ def workspace(workdir: Path | None):
             yield Path(folder)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute config path: Hydra resolves a relative one against the calling module's package
+# when this file is imported (src.chapter runs it in-process) rather than run as a script.
+@hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict:
     from src.sweep import parent_run_id  # noqa: PLC0415
 

@@ -43,8 +43,8 @@ def test_ci_runs_make_test_with_the_mirror():
 
 # Modules that choose, record, print or draw, and the data stages (DVC tracks those by their own deps).
 WIRING = {"src/__init__.py", "src/train.py", "src/config.py", "src/tracking.py", "src/sweep.py", "src/hpo.py",
-          "src/cli.py", "src/errors.py", "src/figures.py", "src/params.py", "src/data/download.py", "src/data/prepare.py",
-          "src/data/idx.py", "src/data/cifar.py", "src/data/shared.py"}
+          "src/cli.py", "src/chapter.py", "src/errors.py", "src/figures.py", "src/params.py", "src/data/download.py",
+          "src/data/prepare.py", "src/data/idx.py", "src/data/cifar.py", "src/data/shared.py"}
 
 
 def test_every_module_is_result_code_or_declared_wiring():

@@ -1,0 +1,61 @@
+"""Several experiments' sweeps one after another in one process, on the same warm workers.
+
+    python -m src.chapter                                 # every experiment of params.yaml
+    python -m src.chapter seed_notebook batchnorm         # these experiments
+    python -m src.chapter batchnorm "optimizers seed=42" -- epochs=1
+                                                          # per-experiment overrides; after --: for all
+
+Each experiment runs as `python -m src.train -m experiment=<name> <launch> <overrides>` would
+(params.yaml's experiments.launch: the parallel launcher, one thread a job): its own sweep
+folder, MLflow parent run, children and jobs.json, and a finished config is skipped. What
+differs is the process. `dvc repro` starts one per experiment stage, and each start costs
+about 13 s on 2 cores before and after the jobs: Python, Hydra and MLflow in the sweep's
+process, then two worker processes importing TensorFlow and loading the data. Here the
+parallel launcher's workers stay up from one sweep to the next (joblib reuses them), so
+those costs are paid once for the whole chapter; the numbers are the same.
+The first failing sweep stops the run, with its error and exit code, as dvc repro would.
+"""
+
+import shlex
+import sys
+
+import yaml
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+
+Plugins.instance()  # Hydra's plugin scan re-runs the modules it finds: before src.sweep is imported, as in src.train
+
+from src import sweep, train  # noqa: E402
+from src.cli import USER_ERROR_EXIT  # noqa: E402
+from src.train import REPO  # noqa: E402
+
+
+def sweeps(arguments: list[str]) -> list[list[str]]:
+    """The overrides of each sweep: '<name> [override ...]' per argument, then after -- what all of them get."""
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
+    common = arguments[arguments.index("--") + 1:] if "--" in arguments else []
+    chosen = arguments[:arguments.index("--")] if "--" in arguments else arguments
+    launch = shlex.split(settings["launch"]) + shlex.split(settings["extra"] or "")
+    specs = [shlex.split(item) for item in chosen] or [[name] for name in settings["datasets"]]
+    unknown = [spec[0] for spec in specs if not (REPO / "conf" / "experiment" / f"{spec[0]}.yaml").is_file()]
+    if unknown:
+        known = ", ".join(sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")))
+        print(f"error: no experiment {', '.join(unknown)} in conf/experiment/; choose from {known}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    return [[f"experiment={name}", *launch, *overrides, *common] for name, *overrides in specs]
+
+
+def run(all_overrides: list[list[str]]) -> None:
+    """`python -m src.train -m <overrides>` for each item, in this process; stops at the first failure."""
+    sweep.REUSE_WORKERS = True  # the next sweep runs on the workers this one started
+    for overrides in all_overrides:
+        GlobalHydra.instance().clear()  # Hydra is set up once per command line
+        sys.argv = [sys.argv[0], "-m", *overrides]
+        print(f"== {' '.join(overrides)}", file=sys.stderr, flush=True)
+        train.cli()  # a failure exits here (status 2), after the other jobs of its sweep ran
+    sweep.REUSE_WORKERS = False
+    sweep.release_workers()
+
+
+if __name__ == "__main__":
+    run(sweeps(sys.argv[1:]))
