@@ -45,11 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.common import CHILD_ENV, REPO, figure, finish  # noqa: E402
+from src.params import load_params  # noqa: E402
 
 TARGET = 2.0
 WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
@@ -76,7 +75,7 @@ def pipeline(experiments: list[str], extras: dict[str, list[str]], folder: Path,
     if way == "chapter":
         commands = [["-m", "src.chapter", *(shlex.join([name, *sweeps[name]]) for name in experiments), "--", *common]]
     else:  # params.yaml's launch, as the chapter runner and dvc repro use it
-        launch = shlex.split(yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]["launch"])
+        launch = shlex.split(load_params(REPO / "params.yaml")["experiments"]["launch"])
         commands = [["-m", "src.train", "-m", f"experiment={name}", *launch, *sweeps[name], *common]
                     for name in experiments]
     started = time.perf_counter()
@@ -162,9 +161,7 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
 
 def fashion_experiments() -> list[str]:
     """The chapter's Fashion-MNIST experiments, in dvc repro's order (params.yaml)."""
-    import yaml  # noqa: PLC0415
-
-    datasets = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]["datasets"]
+    datasets = load_params(REPO / "params.yaml")["experiments"]["datasets"]
     return [name for name, dataset in datasets.items() if dataset == "fashion_mnist"]
 
 

@@ -19,29 +19,29 @@ The first failing sweep stops the run, with its error and exit code, as dvc repr
 import shlex
 import sys
 
-import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 
 Plugins.instance()  # Hydra's plugin scan re-runs the modules it finds: before src.sweep is imported, as in src.train
 
 from src import sweep, train  # noqa: E402
-from src.cli import USER_ERROR_EXIT  # noqa: E402
+from src.cli import run_main  # noqa: E402
+from src.errors import ConfigError  # noqa: E402
+from src.params import block, load_params  # noqa: E402
 from src.train import REPO  # noqa: E402
 
 
 def sweeps(arguments: list[str]) -> list[list[str]]:
     """The overrides of each sweep: '<name> [override ...]' per argument, then after -- what all of them get."""
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
+    settings = block(load_params(REPO / "params.yaml"), "experiments")
     common = arguments[arguments.index("--") + 1:] if "--" in arguments else []
     chosen = arguments[:arguments.index("--")] if "--" in arguments else arguments
     launch = shlex.split(settings["launch"]) + shlex.split(settings["extra"] or "")
     specs = [shlex.split(item) for item in chosen] or [[name] for name in settings["datasets"]]
     unknown = [spec[0] for spec in specs if not (REPO / "conf" / "experiment" / f"{spec[0]}.yaml").is_file()]
-    if unknown:
+    if unknown:  # checked before the first sweep trains, not when the run reaches the name
         known = ", ".join(sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")))
-        print(f"error: no experiment {', '.join(unknown)} in conf/experiment/; choose from {known}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT)
+        raise ConfigError(f"no experiment {', '.join(unknown)} in conf/experiment/; choose from {known}")
     return [[f"experiment={name}", *launch, *overrides, *common] for name, *overrides in specs]
 
 
@@ -58,4 +58,4 @@ def run(all_overrides: list[list[str]]) -> None:
 
 
 if __name__ == "__main__":
-    run(sweeps(sys.argv[1:]))
+    run_main(lambda arguments: run(sweeps(arguments)))
