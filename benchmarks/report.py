@@ -3,7 +3,7 @@
     python -m benchmarks.report                     # all of them: ~18 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
-    python -m benchmarks.report --only headline_chapter  # every Fashion-MNIST experiment, seed 42, both ways (~64 min)
+    python -m benchmarks.report --only headline_chapter  # every Fashion-MNIST experiment, seed 42, both ways (about an hour)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
@@ -39,7 +39,7 @@ BENCHMARKS = {
                                       "--ways", "chapter,stages"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
-# Longer than make bench's 20 minutes allow (64 minutes alone on 2 cores, both ways): run with --only; the
+# Longer than make bench's 20 minutes allow (about an hour alone on 2 cores, both ways): run with --only; the
 # report keeps its last result.
 OPTIONAL = ("headline_chapter",)
 
