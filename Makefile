@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install system run chapter test faults mutants bench data report dag ui server lock clean
+.PHONY: help install system run chapter test screenshots faults mutants bench data report dag ui server lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,9 @@ report: $(STAMP) ## Only what the report needs: the experiments that changed, th
 # on 2 cores (measured in the README). PYTEST_ARGS="-n 0" runs them one at a time.
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+
+screenshots: $(STAMP) ## Refresh the README's MLflow UI screenshots (reports/mlflow_ui*.png) with the UI test
+	CH11_SCREENSHOTS=reports $(BIN)/python -m pytest tests/test_ui.py $(PYTEST_ARGS)
 
 faults: $(STAMP) ## The fault-injection suite alone, then reports/reliability.md (root: it mounts a small tmpfs)
 	$(BIN)/python -m pytest tests/faults --reliability-report reports/reliability.md $(PYTEST_ARGS)

@@ -72,7 +72,7 @@ def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s
     for candidate in CANDIDATES[dataset](spec, mirror, timeout_s):
         try:
             with atomic_dir(out) as staging:
-                record = {"dataset": dataset, "source": candidate.kind, "location": candidate.location,
+                record = {"dataset": dataset, "source": candidate.kind, "location": recorded(candidate, mirror),
                           "classes": spec["classes"], **candidate.fetch(staging)}
                 (staging / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             return record
@@ -85,6 +85,17 @@ def download(dataset: str, spec: dict, out: Path, mirror: Path | None, timeout_s
         + f". Mirror setting: {mirror_setting or mirror}. Fix: set {MIRROR_ENV} to a directory holding "
         + MIRROR_LAYOUT[dataset](spec)
     )
+
+
+def recorded(candidate: Candidate, mirror: Path | None) -> str:
+    """Where the data came from, as source.json keeps it: a mirror's path as <mirror>/<subdir>. The
+    mirror sits at a different path on each machine, and DVC hashes source.json with the data: the
+    path itself would change dvc.lock on every machine that runs the stage (URLs and system
+    directories are the same everywhere and stay as they are)."""
+    if candidate.kind != "mirror":
+        return candidate.location
+    inside = Path(candidate.location).relative_to(mirror).as_posix()
+    return "<mirror>" if inside == "." else f"<mirror>/{inside}"
 
 
 def candidates(mirror_dir: Path | None, urls: list[str], system_dirs: list[str],
