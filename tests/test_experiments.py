@@ -19,10 +19,12 @@ EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("
 # Two single-threaded jobs at a time, as the pipeline runs them; no model logged (seconds a job).
 SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "hydra/launcher": "parallel", "threads": "1",
           "tracking.log_model": "false"}
-# Beyond that: 24 jobs of a 50-layer MLP shrunk to 5 layers; transfer needs an epoch after the frozen
-# one, its source model one epoch, and that model logged (the jobs load it from MLflow); CIFAR-10's
-# 1cycle arm sets its own epochs.
-EXTRA_SHRINK = {"init_activation": {"model.depth": "5"},
+# Beyond that: the deep MLPs shrunk to 5 layers (a job's time there is TensorFlow tracing the train,
+# test and diagnostics graphs, which grows with the layers and the optimizer's variables: 12 s of a
+# 20-layer Nadam job's 1-epoch fit against 0.6 s for the epoch itself); transfer needs an epoch after
+# the frozen one, its source model one epoch, and that model logged (the jobs load it from MLflow).
+EXTRA_SHRINK = {"init_activation": {"model.depth": "5"}, "deep_selu_vs_relu": {"model.depth": "5"},
+                "cifar10_mlp": {"model.depth": "5"},
                 "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1",
                                 "tracking.log_model": "true"}}
 EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own child run
