@@ -39,6 +39,7 @@ from src.params import PARAMS_FILE, block, load_params
 
 MIRROR_ENV = "CH11_DATA_MIRROR"
 SOURCE_RECORD = "source.json"
+MIRROR_MARK = "<mirror>"  # stands for the mirror's path in source.json (see recorded())
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def recorded(candidate: Candidate, mirror: Path | None) -> str:
     if candidate.kind != "mirror":
         return candidate.location
     inside = Path(candidate.location).relative_to(mirror).as_posix()
-    return "<mirror>" if inside == "." else f"<mirror>/{inside}"
+    return MIRROR_MARK if inside == "." else f"{MIRROR_MARK}/{inside}"
 
 
 def candidates(mirror_dir: Path | None, urls: list[str], system_dirs: list[str],
@@ -273,7 +274,8 @@ def main(argv: list[str]) -> None:
     mirror, mirror_setting = resolve_mirror(settings)
     out = args.out or Path("data/raw") / args.dataset
     record = download(args.dataset, spec, out, mirror, settings.get("timeout_s", 30), mirror_setting)
-    print(f"download {args.dataset}: {record['form']} from {record['source']} {record['location']} -> {out}")
+    where = record["location"].replace(MIRROR_MARK, str(mirror), 1)  # the path on this machine
+    print(f"download {args.dataset}: {record['form']} from {record['source']} {where} -> {out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and nothing written outside the project's output folders (outputs/, the MLflow s
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,10 @@ HOSTILE = {  # override -> what the error line must name
 
 
 def snapshot(root) -> set[str]:
-    return {os.path.relpath(os.path.join(folder, name), root) for folder, _, names in os.walk(root) for name in names}
+    """Every file under root, except Python's bytecode caches: the interpreter writes __pycache__/ when it
+    imports the copy's modules (unless PYTHONDONTWRITEBYTECODE is set), whatever the command does."""
+    return {os.path.relpath(os.path.join(folder, name), root) for folder, _, names in os.walk(root)
+            if "__pycache__" not in Path(folder).parts for name in names}
 
 
 @pytest.fixture(scope="module")
