@@ -124,7 +124,8 @@ MLP = {
     "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
     "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
     "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
-    "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean,
+    "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean, "bias_before_bn": boolean,
+    "bn_momentum": number(0, 1, high_open=True), "output_initializer": choice(*INITIALIZERS[:-1]),
     "input_dropout": number(0, 1, high_open=True), "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
     "l2": number(0), "max_norm": optional(number(0, low_open=True)),
     "dropout_scope": choice("all", "last"), "output": choice("softmax", "sigmoid"),
@@ -138,7 +139,7 @@ def layer_ref(value) -> str | None:
 
 
 MOBILENET_V2 = {
-    "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text,
+    "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text, "pretrained": boolean,
     "dropout": number(0, 1, high_open=True), "augment": choice("none", "flip", "flip_translate"),
     "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text), "fine_tune_epochs": integer(0, MAX_EPOCHS),
     "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),
@@ -261,6 +262,9 @@ def check_combinations(config: dict) -> None:
 
 def check_mlp(config: dict) -> None:
     model = config["model"]
+    if model["bias_before_bn"] and model["batch_norm"] != "before":
+        raise ConfigError(f"model.bias_before_bn=true keeps the bias of a Dense layer followed by BN, but "
+                          f"model.batch_norm={model['batch_norm']}; set model.batch_norm=before or drop bias_before_bn")
     if model["activation"] == "selu" and model["batch_norm"] != "none":
         raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
                           ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
@@ -306,7 +310,7 @@ def check_pretrained(config: dict) -> None:
     height, width = data["resize"]
     if height < 32 or width < 32:
         raise ConfigError(f"data.resize={data['resize']}: MobileNetV2 needs at least 32 x 32 pixels")
-    if model["weights"] == "imagenet" and (model["alpha"] not in IMAGENET_ALPHAS or height != width
+    if model["pretrained"] and model["weights"] == "imagenet" and (model["alpha"] not in IMAGENET_ALPHAS or height != width
                                            or height not in IMAGENET_SIZES):
         raise ConfigError(f"ImageNet weights exist for model.alpha in {list(IMAGENET_ALPHAS)} and square inputs of "
                           f"{list(IMAGENET_SIZES)} pixels, not alpha {model['alpha']} at {height}x{width}; change "
@@ -316,7 +320,7 @@ def check_pretrained(config: dict) -> None:
                           f"model={model['name']} set transfer.source_classes=null")
     if config["mc_dropout_samples"] > 0:
         raise ConfigError(f"mc_dropout_samples is for the MLP models; set it to 0 with model={model['name']}")
-    if model["weights"] != "none" and data["scale"] != "symmetric":
+    if model["pretrained"] and model["weights"] != "none" and data["scale"] != "symmetric":
         log.warning("data.scale=%s: MobileNetV2's pretrained weights expect inputs in [-1, 1] (data.scale=symmetric)",
                     data["scale"])
 

@@ -22,28 +22,30 @@ def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.
     """
     layers = [keras.Input(shape=input_shape, name="image"), keras.layers.Flatten(name="flatten")]
     if cfg["input_batch_norm"]:
-        layers.append(keras.layers.BatchNormalization(name="input_bn"))
+        layers.append(batch_norm(cfg, "input_bn"))
     if cfg["input_dropout"] > 0:
         layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["input_dropout"], name="input_dropout"))
     digits = max(2, len(str(cfg["depth"])))
     widths = cfg["width"] if isinstance(cfg["width"], list) else [cfg["width"]] * cfg["depth"]
     for index, width in enumerate(widths, start=1):
         name = f"hidden_{index:0{digits}d}"
-        # BN before the activation has its own shift (beta): a Dense bias would be redundant.
+        # BN before the activation has its own shift (beta): a Dense bias there is redundant, and
+        # the book's BN section drops it; its exercise 8 keeps it (model.bias_before_bn).
         layers.append(keras.layers.Dense(
-            width, use_bias=cfg["batch_norm"] != "before", kernel_initializer=initializer(cfg),
+            width, use_bias=cfg["batch_norm"] != "before" or cfg["bias_before_bn"], kernel_initializer=initializer(cfg),
             kernel_regularizer=regularizer(cfg), kernel_constraint=constraint(cfg), name=name))
         if cfg["batch_norm"] == "before":
-            layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))
+            layers.append(batch_norm(cfg, f"{name}_bn"))
         layers.append(activation_layer(cfg, f"{name}_act"))
         if cfg["batch_norm"] == "after":
-            layers.append(keras.layers.BatchNormalization(name=f"{name}_bn"))
+            layers.append(batch_norm(cfg, f"{name}_bn"))
         if cfg["dropout"] > 0 and (cfg["dropout_scope"] == "all" or index == len(widths)):
             layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["dropout"], name=f"{name}_dropout"))
     # float32 output: softmax and the loss stay accurate under mixed precision.
     binary = cfg["output"] == "sigmoid"
     layers.append(keras.layers.Dense(1 if binary else n_classes, activation=cfg["output"],
-                                     kernel_regularizer=regularizer(cfg), dtype="float32", name="output"))
+                                     kernel_initializer=cfg["output_initializer"], kernel_regularizer=regularizer(cfg),
+                                     dtype="float32", name="output"))
     return keras.Sequential(layers, name="mlp")
 
 
@@ -55,6 +57,10 @@ def initializer(cfg: dict) -> keras.initializers.Initializer:
         return keras.initializers.VarianceScaling(scale=cfg["init_scale"], mode=cfg["init_mode"],
                                                   distribution=cfg["init_distribution"])
     return keras.initializers.get(cfg["kernel_initializer"])
+
+
+def batch_norm(cfg: dict, name: str) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(momentum=cfg["bn_momentum"], name=name)
 
 
 def regularizer(cfg: dict) -> keras.regularizers.Regularizer | None:

@@ -58,15 +58,17 @@ def schedule_callbacks(cfg: dict) -> list[keras.callbacks.Callback]:
 
 @keras.saving.register_keras_serializable(package="ch11")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """The book's 1cycle: linear up to peak, linear down to start, then anneal over the tail."""
+    """The book's 1cycle (its OneCycleScheduler, step for step): linear up to the peak over the
+    first half, linear down to the start rate over the second, then down to start/final_divisor
+    over the tail. The book's tail is iterations // 10 + 1 steps: int(total * tail_fraction) + 1."""
 
     def __init__(self, peak: float, total_steps: int, initial_divisor: float = 10.0,
                  final_divisor: float = 1000.0, tail_fraction: float = 0.1):
         self.peak, self.total_steps = peak, total_steps
         self.initial_divisor, self.final_divisor, self.tail_fraction = initial_divisor, final_divisor, tail_fraction
         self.start = peak / initial_divisor
-        self.tail = max(1, int(total_steps * tail_fraction))
-        self.half = max(1, (total_steps - self.tail) // 2)
+        self.half = max(1, (total_steps - int(total_steps * tail_fraction + 1e-9) - 1) // 2)
+        self.tail = max(1, total_steps - 2 * self.half)  # the rest, as the book interpolates to `iterations`
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")

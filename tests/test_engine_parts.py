@@ -41,6 +41,21 @@ def test_batch_norm_before_the_activation_drops_the_dense_bias():
     assert all(layer.use_bias for layer in kernel_layers(after))
 
 
+def test_exercise_8_keeps_the_bias_before_bn_and_bn_momentum_and_output_initializer_are_settable():
+    model = build_mlp(config("model.batch_norm=before", "model.bias_before_bn=true", "model.bn_momentum=0.9",
+                             "model.output_initializer=he_normal")["model"], (28, 28), 10)
+    assert layer_types(model)[:4] == ["Flatten", "Dense", "BatchNormalization", "Activation"]
+    assert all(layer.use_bias for layer in kernel_layers(model))
+    assert model.get_layer("hidden_01_bn").momentum == pytest.approx(0.9)
+    assert isinstance(model.get_layer("output").kernel_initializer, keras.initializers.HeNormal)
+    default = build_mlp(config()["model"], (28, 28), 10)
+    assert isinstance(default.get_layer("output").kernel_initializer, keras.initializers.GlorotUniform)
+    with pytest.raises(ConfigError, match="model.bias_before_bn=true .* but model.batch_norm=after; set "):
+        config("model.batch_norm=after", "model.bias_before_bn=true")
+    with pytest.raises(ConfigError, match="model.bn_momentum"):
+        config("model.bn_momentum=1.0")
+
+
 @pytest.mark.parametrize(("activation", "kind"), [("leaky_relu", "LeakyReLU"), ("prelu", "PReLU"),
                                                   ("selu", "Activation"), ("mish", "Activation")])
 def test_every_activation_builds(activation, kind):
@@ -127,6 +142,28 @@ def test_one_cycle_rises_to_the_peak_then_anneals_far_below_the_start():
     assert 400 <= peak_at <= 460 and rates[900] == pytest.approx(0.01, rel=0.05)
     assert float(schedule(1000)) == pytest.approx(0.01 / 1000, rel=1e-3)  # after the last step
     assert OneCycle.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+@pytest.mark.parametrize("iterations", [5280, 10750, 999, 7])  # exercise 8's and the schedules' 1cycle runs
+def test_one_cycle_is_the_books_one_cycle_scheduler_step_for_step(iterations):
+    """The book's OneCycleScheduler (its notebook, "1Cycle scheduling"), as it sets each batch's rate."""
+    max_lr = 0.05
+    start, last = max_lr / 10, max_lr / 10 / 1000
+    last_iterations = iterations // 10 + 1
+    half = (iterations - last_iterations) // 2
+
+    def book(iteration):
+        def interpolate(iter1, iter2, lr1, lr2):
+            return (lr2 - lr1) * (iteration - iter1) / (iter2 - iter1) + lr1
+        if iteration < half:
+            return interpolate(0, half, start, max_lr)
+        if iteration < 2 * half:
+            return interpolate(half, 2 * half, max_lr, start)
+        return interpolate(2 * half, iterations, start, last)
+
+    ours = OneCycle(peak=max_lr, total_steps=iterations)
+    steps = np.arange(iterations)
+    np.testing.assert_allclose([float(ours(step)) for step in steps], [book(step) for step in steps], rtol=1e-5, atol=1e-9)  # float32
 
 
 def test_gradient_diagnostics_measure_without_changing_the_model():

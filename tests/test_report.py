@@ -8,6 +8,7 @@ import yaml
 
 from conftest import REPO
 from src.report import build
+from src.report.fidelity import Comparison, summary_line
 from src.report.stats import Spread, arm_metric, paired_difference, verdict
 
 
@@ -66,8 +67,14 @@ def make_report(root) -> None:
 def test_the_report_sets_ours_beside_the_published_numbers(runs_dir):
     make_report(runs_dir)
     results = (runs_dir / "reports" / "results.md").read_text()
-    assert "| optimizers | adam | val_accuracy | 0.8820 ± 0.0028 (n=2) | 0.8696 | +1.24 | within 1.5 pts |" in results
-    assert "| optimizers | nadam | val_accuracy | (not run) | 0.8740 |" in results
+    assert ("| optimizers | adam | adam | val_accuracy | 0.8820 ± 0.0028 (n=2) | 0.8696 | +1.24 pts | within 1.5 pts | "
+            "In [57] history_adam = build_and_train_model(optimizer) |") in results
+    assert "| optimizers | nadam | nadam | val_accuracy | (not run) | 0.8740 |" in results
+    # The book's "SGD" output was printed by a momentum run: it is set beside our momentum arm, not sgd.
+    assert "| optimizers | SGD | momentum | val_accuracy | (not run) | 0.8672 |" in results
+    assert "Note on SGD: The \"SGD\" cell printed the momentum run's numbers" in results
+    assert "**1 of 2 published accuracies" not in results and "published accuracies matched within 1.5 points" in results
+    assert "(figures/fidelity.png)" in results and (runs_dir / "reports" / "figures" / "fidelity.png").is_file()
     assert "| sgd | 2 | 0.8350 ± 0.0071 |" in results and "ours only" in results  # no published plain SGD
     assert "paired by seed: +1.10 ± 0.10 pts over 3 seeds" in results
     metrics = json.loads((runs_dir / "reports" / "metrics.json").read_text())
@@ -110,3 +117,65 @@ def test_the_gradient_figure_has_one_panel_per_activation(tmp_path):
     path = gradients_by_depth(summary("init_activation", arms), tmp_path / "gradients.png")
     assert path.stat().st_size > 10_000
     assert gradients_by_depth(summary("optimizers", {"adam": [run(42, 0.8)]}), tmp_path / "none.png") is None
+
+
+def comparison(value: float, ours: Spread | None, metric: str = "val_accuracy", note: str | None = None) -> Comparison:
+    return Comparison("optimizers", "adam", "adam", metric, value, "In [57]", note, ours)
+
+
+def test_the_summary_line_counts_matches_spread_and_differences_and_keeps_losses_apart():
+    rows = [comparison(0.870, Spread(0.880, 0.002, 3)),                   # +1.0 pts: matched
+            comparison(0.700, Spread(0.640, 0.100, 3)),                   # -6 pts, 2 std = 20: spread
+            comparison(0.900, Spread(0.850, 0.002, 3), note="why"),       # -5 pts, 2 std = 0.4: differs
+            comparison(0.500, None),                                      # not run
+            comparison(0.470, Spread(0.500, 0.020, 3), metric="val_loss")]  # a loss: spread only
+    assert [row.status(0.015) for row in rows] == ["matched", "spread", "differs", "missing", "spread"]
+    assert rows[2].verdict(0.015) == "outside our seed spread: see the note"
+    assert rows[4].verdict(0.015) == "inside our mean ± 2 std (0.0400)"
+    assert summary_line(rows, 0.015) == (
+        "**1 of 4 published accuracies matched within 1.5 points by our mean; 1 more lie inside our mean ± 2 std**"
+        "; outside both: optimizers adam (val_accuracy); 1 not run yet. Losses: 1 of 1 inside our mean ± 2 std.")
+
+
+def test_every_number_in_published_yaml_names_its_cell_and_an_arm_the_experiment_sweeps():
+    import itertools  # noqa: PLC0415
+
+    from test_experiments import EXPERIMENTS, sweep_of  # noqa: PLC0415
+
+    published = yaml.safe_load((REPO / "reports" / "published.yaml").read_text())
+    experiments = [name for name in published if name != "tolerance"]
+    assert set(experiments) <= set(EXPERIMENTS) and len(experiments) >= 9  # the book prints none for the rest
+    for name in experiments:
+        sweep = {key: values for key, values in sweep_of(name).items() if key != "seed"}
+        arms = {", ".join(values) for values in itertools.product(*sweep.values())} | {"source_model"}
+        for number in published[name]["numbers"]:
+            assert number["arm"] in arms, f"{name}: {number['arm']} is not an arm of its sweep"
+            assert number["cell"] and 0 < number["value"] < 1, number
+
+
+def test_the_seeds_claims_are_judged_from_the_runs_and_skipped_without_them():
+    from src.report import claims  # noqa: PLC0415
+
+    def arm(test: float, seconds: float = 10.0) -> list[dict]:
+        return [{**run(seed, test, test=test + 0.001 * seed), "duration_s": seconds} for seed in range(3)]
+
+    seed_notebook = summary("seed_notebook", {"model1": arm(0.82), "model2": arm(0.80), "model2_fast_bn": arm(0.83)})
+    text = claims.bn_deficit(seed_notebook)
+    assert "model1 0.8210, model2 0.8010, model2 with BN momentum 0.9 0.8310" in text
+    assert "Verdict: BN's moving statistics explain the deficit" in text
+    assert claims.bn_deficit(summary("seed_notebook", {"model1": arm(0.8), "model2": arm(0.8)})) is None
+
+    init = summary("init_activation", {f"{activation}, {init}": arm(score) for activation, scores in
+                                       (("sigmoid", (0.10, 0.10, 0.10)), ("tanh", (0.41, 0.55, 0.40)))
+                                       for init, score in zip(("glorot_uniform", "he_normal", "lecun_normal"), scores)})
+    text = claims.glorot_for_saturating(init)
+    assert "sigmoid does not train with any of them" in text and "tanh trains better with he_normal" in text
+    assert text.endswith("Verdict: not supported at this depth.")
+
+    mobilenet = summary("mobilenet_v2_cifar10", {"symmetric": arm(0.5), "scratch": arm(0.2),
+                                                 "seed": arm(0.4, 30.0), "seed_mixed_float16": arm(0.4, 90.0)})
+    assert "symmetric 0.5010 against scratch 0.2010" in claims.transfer_helps(mobilenet)
+    assert claims.transfer_helps(mobilenet).endswith("Verdict: supported at this budget.")
+    assert "90 s under mixed_float16 against 30 s in float32" in claims.mixed_float16_cost(mobilenet)
+    assert "costs x3.00 the time" in claims.mixed_float16_cost(mobilenet)
+    assert claims.section({}) == ["## The seeds' claims, tested", ""]

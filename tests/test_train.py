@@ -40,6 +40,9 @@ def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, stor
     assert {"grad_norm/output", "act_mean/hidden_03", "act_std/hidden_03"} <= set(run.data.metrics)
     assert 0.3 < run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
     assert 0.3 < run.data.metrics["test_mc_dropout_accuracy"] <= 1
+    assert 0.3 < run.data.metrics["val_mc_dropout_accuracy"] <= 1  # the book's exercise 8 scores MC on validation
+    # No early stopping here: the validation split evaluated after training is the last epoch's.
+    assert run.data.metrics["final_val_accuracy"] == pytest.approx(history(client, run.info.run_id, "val_accuracy")[-1][1])
     tags = run.data.tags
     assert len(tags["ch11.config_hash"]) == 64 and len(tags["ch11.code_hash"]) == 64
     assert tags["ch11.data_hash"] == __import__("json").loads(fashion_npz.with_suffix(".json").read_text())["npz_sha256"]

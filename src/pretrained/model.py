@@ -46,7 +46,7 @@ def weights_file(cfg: dict, size: int) -> Path | None:
     fails at once with the fix instead of in the middle of a sweep.
     """
     weights = cfg["weights"]
-    if weights == "none":
+    if weights == "none" or not cfg["pretrained"]:
         return None
     if weights != "imagenet":
         path = Path(weights) if Path(weights).is_absolute() else REPO / weights

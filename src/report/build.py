@@ -20,13 +20,14 @@ from pathlib import Path
 
 import yaml
 
-from src.report import plots
+from src.report import claims, fidelity, plots
 from src.report.stats import arm_metric, paired_difference, spread, verdict
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
 # Extra columns per experiment, where the experiment is about them.
-EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",), "cifar10_mlp": ("test_mc_dropout_accuracy",)}
+EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",), "seed_notebook": ("val_accuracy", "test_loss", "val_loss"),
+                 "cifar10_mlp": ("val_mc_dropout_accuracy", "test_mc_dropout_accuracy")}
 # Curves exported as CSV for `dvc plots show`: (experiment, curve key).
 PLOTTED_CURVES = (("optimizers", "val_accuracy"), ("schedules", "val_accuracy"), ("schedules", "learning_rate"))
 
@@ -42,23 +43,25 @@ def load_summaries(runs_dir: Path, names: list[str]) -> dict[str, dict]:
     return summaries
 
 
-def build(summaries: dict[str, dict], published: dict, out: Path) -> None:
+def build(summaries: dict[str, dict], published: dict, out: Path, data_sources: dict[str, str]) -> None:
     tolerance = published.get("tolerance", 0.015)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         (staging / "figures").mkdir()
         (staging / "curves").mkdir()
-        sections, headline, metrics = [], [], {}
+        sections, metrics = [], {}
         for name, summary in summaries.items():
-            book = published.get(name, {})
-            metric = book.get("metric", "val_accuracy")
-            figures = draw(summary, metric, book.get("arms", {}), staging / "figures")
-            sections.append(section(summary, metric, book, tolerance, figures))
-            headline += comparison_rows(summary, metric, book, tolerance)
+            metric = (published.get(name) or {}).get("metric", "val_accuracy")
+            book = {number["arm"]: number["value"] for number in reversed(fidelity.numbers(published, name))
+                    if number["metric"] == metric}  # the section's column: the first number per arm
+            figures = draw(summary, metric, book, staging / "figures")
+            sections.append(section(summary, metric, published.get(name) or {}, book, tolerance, figures))
             metrics[name] = experiment_metrics(summary, metric)
+        rows = fidelity.comparisons(summaries, published)
+        plots.fidelity(rows, tolerance, staging / "figures" / "fidelity.png")
         export_curves(summaries, staging / "curves")
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        (staging / "results.md").write_text(document(summaries, headline, sections, tolerance))
+        (staging / "results.md").write_text(document(summaries, rows, sections, tolerance, data_sources))
         for item in OUTPUTS:  # each output replaced as a whole
             target = out / item
             if target.is_dir():
@@ -77,22 +80,10 @@ def draw(summary: dict, metric: str, book: dict, folder: Path) -> list[str]:
     return [path.name for path in drawn if path is not None]
 
 
-def comparison_rows(summary: dict, metric: str, book: dict, tolerance: float) -> list[str]:
-    rows = []
-    for arm, value in book.get("arms", {}).items():
-        ours = arm_metric(summary["arms"].get(arm, []), metric)
-        if ours is None:
-            rows.append(f"| {summary['experiment']} | {arm} | {metric} | (not run) | {value:.4f} | | |")
-            continue
-        rows.append(f"| {summary['experiment']} | {arm} | {metric} | {ours.shown()} (n={ours.n}) | {value:.4f} | "
-                    f"{(ours.mean - value) * 100:+.2f} | {verdict(ours, value, tolerance)} |")
-    return rows
-
-
-def section(summary: dict, metric: str, book: dict, tolerance: float, figures: list[str]) -> str:
+def section(summary: dict, metric: str, book: dict, published: dict[str, float], tolerance: float,
+            figures: list[str]) -> str:
     name = summary["experiment"]
-    published = book.get("arms", {})
-    extra = EXTRA_METRICS.get(name, ())
+    extra = [key for key in EXTRA_METRICS.get(name, ()) if key != metric]
     columns = [metric, *(["test_accuracy"] if metric != "test_accuracy" else []), *extra]
     lines = [f"## {name}", ""]
     if book.get("source"):
@@ -116,7 +107,9 @@ def section(summary: dict, metric: str, book: dict, tolerance: float, figures: l
             else:
                 cells += ["—", "", "ours only"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *[f"Note on {arm}: {text}" + "\n" for arm, text in book.get("notes", {}).items()], *notes(summary),
+    notes_of_book = [f"Note on {number.get('book', number['arm'])}: {number['note'].strip()}\n"
+                     for number in book.get("numbers", []) if number.get("note")]
+    lines += ["", *notes_of_book, *notes(summary),
               *[f"![{figure}](figures/{figure})" for figure in figures], ""]
     return "\n".join(lines)
 
@@ -172,7 +165,7 @@ def export_curves(summaries: dict, folder: Path) -> None:
                 writer.writerow([epoch + 1, *(f"{c[epoch]:.6g}" if epoch < len(c) else "" for c in curves.values())])
 
 
-def document(summaries: dict, headline: list[str], sections: list[str], tolerance: float) -> str:
+def document(summaries: dict, rows: list, sections: list[str], tolerance: float, data_sources: dict[str, str]) -> str:
     total = sum(run["duration_s"] for summary in summaries.values() for runs in summary["arms"].values()
                 for run in runs)
     times = [f"| {name} | {sum(len(r) for r in s['arms'].values())} | "
@@ -182,20 +175,28 @@ def document(summaries: dict, headline: list[str], sections: list[str], toleranc
         "# Chapter 11, reproduced: results",
         "",
         "Generated by `dvc repro report` from `runs/<experiment>/summary.json` (each made from the experiment's "
-        "MLflow runs) and `reports/published.yaml`; do not edit by hand. Means and standard deviations are over "
-        f"seeds; a published number is matched when our mean is within {tolerance * 100:.1f} points of it, and "
-        "otherwise the verdict says whether our seed spread covers it (published values are single runs).",
+        "MLflow runs) and `reports/published.yaml` (every number the book's chapter notebook prints for an "
+        "experiment we run, with its cell); do not edit by hand. Means and standard deviations are over the "
+        f"seeds each experiment file fixes; a published accuracy is matched when our mean is within "
+        f"{tolerance * 100:.1f} points of it, and otherwise the verdict says whether the book's single run lies "
+        "inside our mean ± 2 std.",
+        "",
+        "Data: " + "; ".join(f"{name}: {source}" for name, source in data_sources.items()) + ".",
         "",
         "## Against the published numbers",
         "",
-        "| experiment | arm | metric | ours (mean ± std) | published | difference (pts) | verdict |",
-        "|---|---|---|---|---|---|---|",
-        *headline,
+        fidelity.summary_line(rows, tolerance),
         "",
+        *fidelity.table(rows, tolerance),
+        "",
+        "![fidelity.png](figures/fidelity.png)",
+        "",
+        *claims.section(summaries),
         "## Training time",
         "",
         "Sum of the runs' durations in MLflow (start to end, including evaluation and logging). With the "
-        "default `experiments.launch` two jobs run at a time, so a stage's wall time is lower: see the README.",
+        "default `experiments.launch` two jobs run at a time, so a stage's wall time is lower: each experiment "
+        "file's header gives its measured wall time.",
         "",
         "| experiment | runs | run time (min) |",
         "|---|---|---|",
@@ -206,19 +207,34 @@ def document(summaries: dict, headline: list[str], sections: list[str], toleranc
     ])
 
 
+def data_sources(prepared: Path) -> dict[str, str]:
+    """Which copy of each dataset the prepared arrays came from (the prepare stage's record)."""
+    sources = {}
+    for meta_path in sorted(prepared.glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        source = meta.get("source", {})
+        form = {"image-folder": "the JPEG image-folder copy (its pixels differ slightly from the canonical "
+                                "batches the book loads)",
+                "python-tarball": "the canonical pickled batches",
+                "idx": "the IDX files (contents checked against the canonical SHA-256)"}.get(source.get("form"), "unknown")
+        sources[meta.get("dataset", meta_path.stem)] = f"{form} (npz sha256 {meta.get('npz_sha256', '?')[:12]})"
+    return sources
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="folder of <experiment>/summary.json")
     parser.add_argument("--out", type=Path, default=REPO / "reports", help="where results.md and the rest go")
     parser.add_argument("--published", type=Path, default=REPO / "reports" / "published.yaml")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="experiments.datasets and .pretrained list them")
+    parser.add_argument("--prepared", type=Path, default=REPO / "data" / "prepared", help="the prepared datasets' .json")
     args = parser.parse_args(argv)
     experiments = yaml.safe_load(args.params.read_text())["experiments"]
     names = [*experiments["datasets"], *experiments.get("pretrained", {})]
     summaries = load_summaries(args.runs, names)
     published = yaml.safe_load(args.published.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
-    build(summaries, published, args.out)
+    build(summaries, published, args.out, data_sources(args.prepared))
     print(f"report of {len(summaries)} experiments -> {args.out / 'results.md'}")
 
 

@@ -102,3 +102,34 @@ def comparison(summary: dict, metric: str, published: dict[str, float], path: Pa
     axis.grid(alpha=0.3, axis="y")
     figure.autofmt_xdate(rotation=30)
     return save(figure, path)
+
+
+def fidelity(rows: list, tolerance: float, path: Path) -> Path | None:
+    """Every published accuracy (x) against our mean (y, error bars ± std over seeds): on the diagonal is a match."""
+    shown = [row for row in rows if row.is_accuracy and row.ours is not None]
+    if not shown:
+        return None
+    colours = {"matched": "tab:green", "spread": "tab:orange", "differs": "tab:red"}
+    figure, axis = plt.subplots(figsize=(7, 7))
+    low = min(min(row.value, row.ours.mean - row.ours.std) for row in shown) - 0.02
+    high = max(max(row.value, row.ours.mean + row.ours.std) for row in shown) + 0.02
+    axis.plot([low, high], [low, high], color="black", linewidth=1)
+    axis.fill_between([low, high], [low - tolerance, high - tolerance], [low + tolerance, high + tolerance],
+                      color="tab:green", alpha=0.12, label=f"within {tolerance * 100:.1f} points")
+    for status, colour in colours.items():
+        group = [row for row in shown if row.status(tolerance) == status]
+        if group:
+            axis.errorbar([row.value for row in group], [row.ours.mean for row in group],
+                          yerr=[row.ours.std for row in group], fmt="o", color=colour, capsize=3, markersize=5,
+                          label={"matched": "matched", "spread": "inside our mean ± 2 std",
+                                 "differs": "outside our spread"}[status] + f" ({len(group)})")
+    for row in shown:
+        if row.status(tolerance) != "matched":
+            axis.annotate(f"{row.experiment}: {row.book}", (row.value, row.ours.mean), fontsize=7,
+                          xytext=(4, -10), textcoords="offset points")
+    axis.set(xlim=(low, high), ylim=(low, high), xlabel="the book's number (one run)",
+             ylabel="ours (mean ± std over seeds)", title="Chapter 11: every published accuracy, ours against the book's")
+    axis.set_aspect("equal")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left")
+    return save(figure, path)

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from src.errors import LabError, TrackingError
 
 # Final numbers kept per run; each logged once at the end (test_*) or per epoch (the rest: last value).
-FINAL = ("test_accuracy", "test_loss", "test_mc_dropout_accuracy", "val_accuracy", "val_loss", "accuracy", "loss")
+FINAL = ("test_accuracy", "test_loss", "test_mc_dropout_accuracy", "val_mc_dropout_accuracy", "final_val_accuracy",
+         "final_val_loss", "val_accuracy", "val_loss", "accuracy", "loss")
 CURVES = ("val_accuracy", "accuracy", "val_loss", "loss", "learning_rate")
 
 

@@ -1,0 +1,97 @@
+"""The seeds' own claims (../shared/seeds/), each set against the runs that test it.
+
+Every sentence with a number is computed here from the summaries, so it cannot go stale; a
+claim whose runs are missing says so instead of guessing.
+"""
+
+from src.report.stats import arm_metric, paired_difference
+
+SEED_NOTEBOOK = "../shared/seeds/000_3b9da6ec5cb55cad.txt"
+CHAPTER_NOTES = "../shared/seeds/001_ca5e02447b9c98c2.txt"
+
+
+def section(summaries: dict[str, dict]) -> list[str]:
+    paragraphs = [text for text in (bn_deficit(summaries.get("seed_notebook")),
+                                    glorot_for_saturating(summaries.get("init_activation")),
+                                    transfer_helps(summaries.get("mobilenet_v2_cifar10")),
+                                    mixed_float16_cost(summaries.get("mobilenet_v2_cifar10"))) if text]
+    return ["## The seeds' claims, tested", "", *[line for text in paragraphs for line in (text, "")]]
+
+
+def mean(summary: dict, arm: str, metric: str) -> float | None:
+    stats = arm_metric(summary["arms"].get(arm, []), metric)
+    return stats.mean if stats else None
+
+
+def bn_deficit(summary: dict | None) -> str | None:
+    """The seed notebook's model2 (He + BN + clipping) scores below model1 after one epoch: why?"""
+    if not summary or not all(arm in summary["arms"] for arm in ("model1", "model2", "model2_fast_bn")):
+        return None
+    plain, bn, fast = (mean(summary, arm, "test_accuracy") for arm in ("model1", "model2", "model2_fast_bn"))
+    gain = paired_difference(summary["arms"]["model2"], summary["arms"]["model2_fast_bn"], "test_accuracy")
+    verdict = ("BN's moving statistics explain the deficit: after 211 steps at Keras's momentum 0.99 they "
+               "still hold 12% of their initial values, and at 0.9 model2 catches up with model1"
+               if fast >= plain else
+               "BN's lagging moving statistics explain part of the deficit, not all of it" if fast > bn else
+               "BN's moving statistics do not explain the deficit")
+    paired = f" (paired by seed: {gain[0].mean * 100:+.2f} ± {gain[0].std * 100:.2f} pts, p = {gain[2]:.3g})" if gain else ""
+    return (f"**model2 (He + BN + clipping) scores below model1 after one epoch** ({SEED_NOTEBOOK}). Ours, test "
+            f"accuracy over {len(summary['arms']['model1'])} seeds: model1 {plain:.4f}, "
+            f"model2 {bn:.4f}, model2 with BN momentum 0.9 {fast:.4f}{paired}. Verdict: {verdict}.")
+
+
+def glorot_for_saturating(summary: dict | None) -> str | None:
+    """The chapter notes: Keras's default glorot_uniform is "good for sigmoid/tanh"."""
+    if not summary:
+        return None
+    findings, glorot_best = [], []
+    for activation in ("sigmoid", "tanh"):
+        scores = {init: mean(summary, f"{activation}, {init}", "val_accuracy")
+                  for init in ("glorot_uniform", "he_normal", "lecun_normal")}
+        scores = {init: score for init, score in scores.items() if score is not None}
+        if "glorot_uniform" not in scores:
+            return None
+        best = max(scores, key=scores.get)
+        shown = ", ".join(f"{init} {score:.4f}" for init, score in scores.items())
+        trains = max(scores.values()) >= 0.15  # chance is 0.10
+        glorot_best.append(trains and best == "glorot_uniform")
+        findings.append(f"{activation} trains best with Glorot ({shown})" if glorot_best[-1] else
+                        f"{activation} trains better with {best} than with Glorot ({shown})" if trains else
+                        f"{activation} does not train with any of them at this depth ({shown})")
+    verdict = ("supported: Glorot is the best of the three for both" if all(glorot_best) else
+               "not supported at this depth")
+    return (f"**\"glorot_uniform (Keras's default) is good for sigmoid/tanh\"** ({CHAPTER_NOTES}). On the 50-layer "
+            "network of init_activation (1 epoch, validation accuracy): " + "; ".join(findings) +
+            f". Verdict: {verdict}.")
+
+
+def transfer_helps(summary: dict | None) -> str | None:
+    """The seed's summary: "transfer learning speeds up training and improves performance"."""
+    if not summary:
+        return None
+    pairs = [(pretrained, scratch) for pretrained, scratch in (("symmetric", "scratch"),
+                                                               ("symmetric_fine_tuned", "scratch_fine_tuned"))
+             if pretrained in summary["arms"] and scratch in summary["arms"]]
+    if not pairs:
+        return None
+    shown = "; ".join(f"{pretrained} {mean(summary, pretrained, 'test_accuracy'):.4f} against {scratch} "
+                      f"{mean(summary, scratch, 'test_accuracy'):.4f}" for pretrained, scratch in pairs)
+    better = all(mean(summary, p, "test_accuracy") > mean(summary, s, "test_accuracy") for p, s in pairs)
+    return (f"**\"Transfer learning improves performance\"** ({SEED_NOTEBOOK}, its summary). MobileNetV2 on 2,500 "
+            f"CIFAR-10 images, test accuracy, the pretrained base against the same network and budget from "
+            f"random weights: {shown}. Verdict: " + ("supported at this budget." if better else "not supported here."))
+
+
+def mixed_float16_cost(summary: dict | None) -> str | None:
+    """The seed sets mixed_float16: what it costs on a CPU."""
+    if not summary or not all(arm in summary["arms"] for arm in ("seed", "seed_mixed_float16")):
+        return None
+    runs = {arm: summary["arms"][arm] for arm in ("seed", "seed_mixed_float16")}
+    seconds = {arm: sum(run["duration_s"] for run in arm_runs) / len(arm_runs) for arm, arm_runs in runs.items()}
+    accuracy = {arm: mean(summary, arm, "test_accuracy") for arm in runs}
+    ratio = seconds["seed_mixed_float16"] / seconds["seed"]
+    verdict = (f"on a CPU the policy costs x{ratio:.2f} the time: float16 pays on GPUs with tensor cores, and "
+               "CPUs have no fast float16 kernels" if ratio > 1.1 else f"no cost on this CPU (x{ratio:.2f})")
+    return (f"**The seed's mixed_float16 policy** ({SEED_NOTEBOOK}). A run of the seed's setup, mean over seeds: "
+            f"{seconds['seed_mixed_float16']:.0f} s under mixed_float16 against {seconds['seed']:.0f} s in float32, "
+            f"test accuracy {accuracy['seed_mixed_float16']:.4f} against {accuracy['seed']:.4f}. Verdict: {verdict}.")
