@@ -208,7 +208,10 @@ def document(summaries: dict, rows: list, sections: list[str], tolerance: float,
 
 
 def data_sources(prepared: Path) -> dict[str, str]:
-    """Which copy of each dataset the prepared arrays came from (the prepare stage's record)."""
+    """Which copy of each dataset the prepared arrays came from (the prepare stage's record).
+
+    Not a DVC dependency of the report: a different copy changes the prepared arrays, which
+    re-runs the experiments, whose new summaries re-run the report."""
     sources = {}
     for meta_path in sorted(prepared.glob("*.json")):
         meta = json.loads(meta_path.read_text())

@@ -77,9 +77,16 @@ def transfer_helps(summary: dict | None) -> str | None:
     shown = "; ".join(f"{pretrained} {mean(summary, pretrained, 'test_accuracy'):.4f} against {scratch} "
                       f"{mean(summary, scratch, 'test_accuracy'):.4f}" for pretrained, scratch in pairs)
     better = all(mean(summary, p, "test_accuracy") > mean(summary, s, "test_accuracy") for p, s in pairs)
+    at_chance = all(mean(summary, s, "test_accuracy") <= 0.11 for _, s in pairs)  # 10 classes
+    verdict = "supported at this budget" if better else "not supported here"
+    if better and at_chance:
+        verdict += (", but against a baseline that cannot learn: from random weights the frozen base (its BN layers "
+                    "in inference mode, with their initial statistics) passes on almost no signal, so the head stays "
+                    "at chance; a from-scratch network trained whole, BN in training mode, is the fair baseline and "
+                    "is not run yet")
     return (f"**\"Transfer learning improves performance\"** ({SEED_NOTEBOOK}, its summary). MobileNetV2 on 2,500 "
             f"CIFAR-10 images, test accuracy, the pretrained base against the same network and budget from "
-            f"random weights: {shown}. Verdict: " + ("supported at this budget." if better else "not supported here."))
+            f"random weights: {shown}. Verdict: {verdict}.")
 
 
 def mixed_float16_cost(summary: dict | None) -> str | None:

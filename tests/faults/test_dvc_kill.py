@@ -92,7 +92,7 @@ def test_dvc_repro_killed_mid_stage_then_rerun_completes_with_nothing_stale_lost
     for run in finished:
         assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2]
     summary = json.loads((work / "runs" / "seed_notebook" / "summary.json").read_text())
-    assert {arm: len(runs) for arm, runs in summary["arms"].items()} == {"model1": 1, "model2": 1}
+    assert {arm: len(runs) for arm, runs in summary["arms"].items()} == {"model1": 1, "model2": 1, "model2_fast_bn": 1}
     assert {run["run_id"] for runs in summary["arms"].values() for run in runs} == {r.info.run_id for r in finished}
 
     # An output left half-written (a writer without write-then-rename) is never taken for a good one:
