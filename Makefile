@@ -48,7 +48,7 @@ run: $(STAMP) ## Run the pipeline: dvc repro (set CH11_DATA_MIRROR when offline)
 	$(BIN)/dvc repro
 
 # The same experiments in one process, on one set of worker processes: ~13 s less per
-# experiment on 2 cores than dvc repro's process per stage (the README's Performance).
+# experiment on 2 cores than dvc repro's process per stage (docs/performance.md).
 # The data must be prepared (make data); the summaries and report stay dvc repro's.
 chapter: $(STAMP) ## Run every experiment's sweep in one process (python -m src.chapter; faster, no DVC)
 	$(BIN)/python -m src.chapter
@@ -60,11 +60,11 @@ report: $(STAMP) ## Only what the report needs: the experiments that changed, th
 	$(BIN)/dvc repro report
 
 # Two workers: most tests wait on subprocesses, servers, DVC or the store, so two overlap
-# on 2 cores (measured in the README). PYTEST_ARGS="-n 0" runs them one at a time.
+# on 2 cores (measured in docs/development.md). PYTEST_ARGS="-n 0" runs them one at a time.
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
-screenshots: $(STAMP) ## Refresh the README's MLflow UI screenshots (reports/mlflow_ui*.png) with the UI test
+screenshots: $(STAMP) ## Refresh the manual's MLflow UI screenshots (reports/mlflow_ui*.png) with the UI test
 	CH11_SCREENSHOTS=reports $(BIN)/python -m pytest tests/test_ui.py $(PYTEST_ARGS)
 
 faults: $(STAMP) ## The fault-injection suite alone, then reports/reliability.md (root: it mounts a small tmpfs)
@@ -85,14 +85,14 @@ ui: $(STAMP) ## Browse the local MLflow store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port 5000
 
-# `make server`: a team's tracking server (README "Team scale"). BACKEND is its database,
+# `make server`: a team's tracking server (docs/team.md). BACKEND is its database,
 # ARTIFACTS where it keeps artifacts (a folder here; s3://, gs://... in production).
 BACKEND   ?=
 ARTIFACTS ?= $(CURDIR)/server-artifacts
 HOST      ?= 127.0.0.1
 PORT      ?= 5000
 server: $(STAMP) ## Tracking server: make server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow [ARTIFACTS=...]
-	@test -n "$(BACKEND)" || { echo "error: set BACKEND, e.g. make server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow (README: Team scale)" >&2; exit 2; }
+	@test -n "$(BACKEND)" || { echo "error: set BACKEND, e.g. make server BACKEND=postgresql://mlflow@127.0.0.1:5432/mlflow (docs/team.md)" >&2; exit 2; }
 	@echo "MLflow tracking server on http://$(HOST):$(PORT) (runs: python -m src.train tracking=server); Ctrl-C stops it"
 	$(BIN)/mlflow server --backend-store-uri "$(BACKEND)" --artifacts-destination "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
