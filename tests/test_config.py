@@ -102,8 +102,9 @@ def test_optimizer_args_are_keras_constructor_parameters(name):
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "optimizer").glob("*.yaml")), ids=lambda path: path.stem)
-def test_optimizer_files_use_only_known_arguments(path):
-    settings = yaml.safe_load(path.read_text())
+def test_optimizer_files_use_only_known_arguments(compose_config, path):
+    # Composed, as the trainer sees it: a file may extend another through its defaults list.
+    settings = dict(compose_config(f"optimizer={path.stem}")["optimizer"])
     name = settings.pop("name")
     assert name in OPTIMIZER_ARGS, f"{path.name}: name {name!r} is not in src.config.OPTIMIZER_ARGS"
     assert set(settings) <= set(OPTIMIZER_ARGS[name]) | {"learning_rate"}
