@@ -11,7 +11,8 @@ import platform
 import statistics
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from src.paths import REPO, write_text
+
 # For the commands a benchmark launches: quiet TensorFlow, and the store each command names
 # (an inherited MLFLOW_TRACKING_URI or MLFLOW_RUN_ID, from `mlflow run`, would redirect its runs).
 CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": "", "MLFLOW_RUN_ID": ""}
@@ -71,6 +72,4 @@ def finish(benchmark: str, json_path: Path | None, figures: list[dict], **measur
 
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(partial, path)
+        write_text(path, json.dumps(payload, indent=1) + "\n")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, finish  # noqa: E402
+from benchmarks.common import REPO, compose_config, figure, finish
 
 TARGET = 5.0
 DEFAULT_WEIGHTS = "models/mobilenet_v2_0.35_96_cifar10.weights.h5"
@@ -92,13 +92,16 @@ def main() -> None:
     for side, label in (("direct", "base every epoch"), ("miss", "cached, first run"), ("hit", "cached, rerun")):
         times = [run["training_s"] for run in runs[side]]
         accuracy = statistics.median(run["val_accuracy"] for run in runs[side])
+        rest = statistics.median(run["total_s"] - run["training_s"] for run in runs[side])
         print(f"  {label:18} {spread(times)}   speed-up x{direct / statistics.median(times):5.1f}   "
-              f"val_accuracy {accuracy:.4f}   build + test evaluation {statistics.median(r['total_s'] - r['training_s'] for r in runs[side]):.1f} s")
+              f"val_accuracy {accuracy:.4f}   build + test evaluation {rest:.1f} s")
     gap = max(abs(run["val_accuracy"] - base["val_accuracy"]) for side in ("miss", "hit")
               for run, base in zip(runs[side], runs["direct"], strict=True))
+    cached = statistics.median(run["training_s"] for run in runs["miss"])
     row = figure(f"MobileNetV2 head, {args.epochs} epochs: cached features (first run) vs the frozen base every epoch",
-                 [base["training_s"] / run["training_s"] for base, run in zip(runs["direct"], runs["miss"], strict=True)],
-                 TARGET, f"training {statistics.median(r['training_s'] for r in runs['miss']):.1f} s vs {direct:.1f} s; "
+                 [base["training_s"] / run["training_s"]
+                  for base, run in zip(runs["direct"], runs["miss"], strict=True)],
+                 TARGET, f"training {cached:.1f} s vs {direct:.1f} s; "
                  f"rerun from the cache x{direct / statistics.median(r['training_s'] for r in runs['hit']):.1f}; "
                  f"largest val_accuracy gap {gap * 100:.2f} points (target <= 1)")
     row["met"] = row["met"] and gap <= 0.01

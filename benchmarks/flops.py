@@ -27,17 +27,17 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import figure, finish, spread  # noqa: E402
+from benchmarks.common import figure, finish, spread
 
 BATCH, LAYERS = 32, (784, 100, 100, 100, 10)
-STEP_FLOPS = 2 * BATCH * (3 * sum(a * b for a, b in zip(LAYERS, LAYERS[1:])) - LAYERS[0] * LAYERS[1])
+STEP_FLOPS = 2 * BATCH * (3 * sum(a * b for a, b in zip(LAYERS, LAYERS[1:], strict=False)) - LAYERS[0] * LAYERS[1])
 
 
 def matmul_chain(steps: int) -> float:
     """Seconds for `steps` rounds of the step's 11 matrix multiplies, in one graph."""
     import tensorflow as tf  # noqa: PLC0415
 
-    weights = [tf.random.normal((a, b)) for a, b in zip(LAYERS, LAYERS[1:])]
+    weights = [tf.random.normal((a, b)) for a, b in zip(LAYERS, LAYERS[1:], strict=False)]
     x = tf.random.normal((BATCH, LAYERS[0]))
 
     @tf.function

@@ -2,7 +2,7 @@
 
     python -m benchmarks.headline                      # make bench's: 3 experiments, seed 42, 20,000 images: ~6 min
     python -m benchmarks.headline --experiments all --train-size 0 --seeds 42
-                                                       # every Fashion-MNIST experiment of params.yaml, full size, one seed
+                                        # every Fashion-MNIST experiment of params.yaml, full size, one seed
     python -m benchmarks.headline --experiments all --train-size 0 --seeds all
                                                        # the chapter's Fashion-MNIST sweeps in full (hours)
 
@@ -47,8 +47,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import CHILD_ENV, REPO, figure, finish  # noqa: E402
-from src.params import load_params  # noqa: E402
+from benchmarks.common import CHILD_ENV, REPO, figure, finish
+from src.params import load_params
 
 TARGET = 2.0
 WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
@@ -130,8 +130,10 @@ def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple
 def notebook_job(keras, config: dict, full, source=None) -> tuple:
     """One job as a notebook cell would run it: NumPy arrays, model.fit with Keras's defaults."""
     import numpy as np  # noqa: PLC0415
+
     from src.data.load import reshape_splits, scaling, steps_per_epoch  # noqa: PLC0415
-    from src.engine import compile_model, standard_callbacks, training_phases  # noqa: PLC0415
+    from src.engine import compile_model, training_phases  # noqa: PLC0415
+    from src.fitting import standard_callbacks  # noqa: PLC0415
     from src.models import BUILDERS, reuse_layers  # noqa: PLC0415
 
     data = reshape_splits(full, config["data"]["train_size"], config["validation_split"], config["data"]["classes"])

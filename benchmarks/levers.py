@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, finish, spread  # noqa: E402
+from benchmarks.common import REPO, compose_config, figure, finish, spread
 
 SPE_TARGET = 2.0
 

@@ -3,7 +3,8 @@
     python -m benchmarks.report                     # all of them: ~18 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
-    python -m benchmarks.report --only headline_chapter  # every Fashion-MNIST experiment, seed 42, both ways (about an hour)
+    python -m benchmarks.report --only headline_chapter
+                                                    # every Fashion-MNIST experiment, seed 42, both ways (about an hour)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
@@ -14,7 +15,6 @@ to a temporary file and renamed, so a failed benchmark leaves the last good repo
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import CHILD_ENV, REPO, machine, verdict, write_json
+from src.paths import write_text
 
 # name -> (module, arguments for the full run, arguments for --quick)
 BENCHMARKS = {
@@ -59,7 +60,10 @@ def run(name: str, module: str, arguments: list[str], folder: Path) -> dict:
 
 
 def cpu(about: dict) -> str:
-    return f"{about['cpu']} (AVX-512 {'yes' if about['avx512'] else 'no'}, AMX-BF16 {'yes' if about['amx_bf16'] else 'no'})"
+    def has(feature: str) -> str:
+        return "yes" if about[feature] else "no"
+
+    return f"{about['cpu']} (AVX-512 {has('avx512')}, AMX-BF16 {has('amx_bf16')})"
 
 
 def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
@@ -69,7 +73,8 @@ def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
              f"{about['python']}, {about['platform']}; results kept from earlier runs name their own date and "
              "machine (last table). Every figure is a ratio of two sides measured alternately in "
              "one run; median (min, max) over the repeats. Shared machines are noisy: compare ratios, not seconds.",
-             "", "| benchmark | figure | ratio, median (min, max) | repeats | target | details |", "|---|---|---|---|---|---|"]
+             "", "| benchmark | figure | ratio, median (min, max) | repeats | target | details |",
+             "|---|---|---|---|---|---|"]
     for name, result in results.items():
         for row in result["figures"]:
             lines.append(f"| `{name}` | {row['name']} | x{row['median']:.2f} ({row['min']:.2f}, {row['max']:.2f}) | "
@@ -99,16 +104,16 @@ def main() -> None:
     if previous.is_file():  # keep the last results of the benchmarks not run now
         kept = json.loads(previous.read_text())
         if not kept.get("quick") and not args.quick:
-            results = {name: kept["results"][name] | {"date": kept["results"][name].get("date", kept["machine"]["date"]),
-                                                      "machine": kept["results"][name].get("machine", kept["machine"])}
-                       for name in BENCHMARKS if name in kept["results"] and name not in results} | results
+            older = {name: kept["results"][name] for name in BENCHMARKS
+                     if name in kept["results"] and name not in results}
+            results = {name: result | {"date": result.get("date", kept["machine"]["date"]),
+                                       "machine": result.get("machine", kept["machine"])}
+                       for name, result in older.items()} | results
     for result in results.values():  # machines differ between sessions: each result names its own
         result.setdefault("date", about["date"])
         result.setdefault("machine", about)
     write_json(previous, {"machine": about, "quick": args.quick, "results": results})
-    partial = args.out / ".benchmarks.md.partial"
-    partial.write_text(markdown(results, about, args.quick))
-    os.replace(partial, args.out / "benchmarks.md")
+    write_text(args.out / "benchmarks.md", markdown(results, about, args.quick))
     print(f"wrote {args.out / 'benchmarks.md'} and benchmarks.json "
           f"({sum(result['wall_s'] for result in results.values()):.0f} s)")
 

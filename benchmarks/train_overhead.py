@@ -7,9 +7,9 @@ Target (the issue): with tracking and diagnostics on, an epoch costs at most 5% 
 bare model.fit. The config is conf/config.yaml as it stands, with force=true, MLflow in a
 fresh SQLite store and the resume state in a temporary folder (deleted at the end).
 
-  bare     engine.configure_runtime, then the model, optimizer, compile and tf.data pipelines
+  bare     fitting.configure_runtime, then the model, optimizer, compile and tf.data pipelines
            that src.engine builds, and model.fit(...) with no callbacks of ours.
-  tracked  src.train.train(cfg): the whole job (EpochStats, GradientDiagnostics, resume
+  tracked  src.job.train(cfg): the whole job (EpochStats, GradientDiagnostics, resume
            Backup, MetricLogger to MLflow; then evaluation, model logging, figures).
 
 How an epoch is timed, the same way on both sides: a Clock callback appended after every
@@ -37,17 +37,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+import keras
+from hydra import compose, initialize_config_dir
 
-from benchmarks.common import figure, finish  # noqa: E402
-
-from src import engine  # noqa: E402
-from src.config import validate  # noqa: E402
-from src.data.load import load_prepared, make_datasets, reshape_splits, steps_per_epoch  # noqa: E402
-from src.models import BUILDERS  # noqa: E402
-from src.optim import build_optimizer  # noqa: E402
-from src.train import REPO, in_repo, train  # noqa: E402
+from benchmarks.common import figure, finish
+from src import fitting
+from src.config import validate
+from src.data.load import load_prepared, make_datasets, reshape_splits, steps_per_epoch
+from src.job import train
+from src.models import BUILDERS
+from src.optim import build_optimizer
+from src.paths import REPO, in_repo
 
 TARGET = 1.05
 VERBOSE = 1 if sys.stdout.isatty() else 2  # what src.engine passes to fit
@@ -104,7 +104,7 @@ def clocked_fit(clock: Clock):
 
 def bare_fit(config: dict, data, clock: Clock) -> None:
     """src.engine.fit_and_evaluate up to fit, without our callbacks."""
-    engine.configure_runtime(config)
+    fitting.configure_runtime(config)
     x_train, batch, epochs, d = data.split("train")[0], config["batch_size"], config["epochs"], config["data"]
     steps = steps_per_epoch(len(x_train), batch)
     model = BUILDERS[config["model"]["name"]](config["model"], x_train.shape[1:], len(data.class_names))

@@ -28,7 +28,7 @@ from src import sweep, train  # noqa: E402
 from src.cli import run_main  # noqa: E402
 from src.errors import ConfigError  # noqa: E402
 from src.params import block, load_params  # noqa: E402
-from src.train import REPO  # noqa: E402
+from src.paths import REPO  # noqa: E402
 
 
 def sweeps(arguments: list[str]) -> list[list[str]]:

@@ -1,21 +1,44 @@
-"""Shared command-line behaviour: a user mistake is one line on stderr and exit code 2."""
+"""Shared command-line behaviour: a user mistake is one line on stderr and exit code 2.
+
+Every entry point (`python -m src.train`, the data stages, the pretraining stage, the
+summary writer, src.chapter) turns its errors into that line here.
+"""
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from src.errors import LabError
+from src.errors import LabError, storage_error
 
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
+@contextmanager
+def one_line_errors(user_errors: tuple[type[BaseException], ...] = (LabError,),
+                    describe: Callable[[BaseException], str] = str,
+                    interrupted: str = "interrupted; outputs of this step were not written",
+                    disk_fix: str | None = None) -> Iterator[None]:
+    """Exit with one line and a status: 2 for a user error (and, given disk_fix, a full or
+    read-only disk), 130 for Ctrl-C or SIGTERM. Anything else is a bug: its traceback stays."""
+    try:
+        yield
+    except user_errors as error:
+        fail(describe(error))
+    except OSError as error:
+        if disk_fix is None or (problem := storage_error(error, "a file", disk_fix)) is error:
+            raise
+        fail(str(problem))
+    except KeyboardInterrupt:
+        fail(interrupted, INTERRUPTED_EXIT)
+
+
+def fail(message: str, status: int = USER_ERROR_EXIT) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def run_main(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Run a stage's main(argv) and exit the process with a meaningful status."""
-    try:
+    with one_line_errors():
         main(sys.argv[1:] if argv is None else argv)
-    except LabError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT)
-    except KeyboardInterrupt:
-        print("error: interrupted; outputs of this step were not written", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)

@@ -9,10 +9,6 @@ becomes one ConfigError line that names the key, the value and the fix.
 import copy
 import hashlib
 import json
-import logging
-import math
-import re
-from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,14 +16,22 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.data import DATASETS
 from src.errors import ConfigError
+from src.families import FAMILIES
+from src.rules import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_PIXELS,
+    MAX_SEED,
+    boolean,
+    choice,
+    int_list,
+    integer,
+    number,
+    optional,
+    safe_name,
+    text,
+)
 
-log = logging.getLogger(__name__)
-
-Rule = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
-
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "mish")
-INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "lecun_uniform",
-                "variance_scaling")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
@@ -35,118 +39,11 @@ CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
 NOT_HASHED = ("name", "tracking", "force", "state_dir", "threads", "diagnostics")
 
 
-# -- rules -------------------------------------------------------------------------------------
-
-def integer(low: int | None = None, high: int | None = None) -> Rule:
-    def rule(value):
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            bounds = (f" >= {low}" if low is not None else "") + (f" and <= {high:,}" if high else "")
-            return f"must be an integer{bounds}"
-        if high is not None and value > high:
-            return f"must be at most {high:,} (a bigger value would only exhaust memory or time)"
-    return rule
-
-
-def number(low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False) -> Rule:
-    interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else low}, "
-                f"{'inf' if high is None else high}{')' if high_open or high is None else ']'}")
-
-    def rule(value):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return f"must be a finite number in {interval}"
-        below = low is not None and (value <= low if low_open else value < low)
-        above = high is not None and (value >= high if high_open else value > high)
-        if below or above:
-            return f"must be in {interval}"
-    return rule
-
-
-def boolean(value) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def choice(*options: str) -> Rule:
-    def rule(value):
-        return None if value in options else f"must be one of {', '.join(options)}"
-    return rule
-
-
-def optional(rule: Rule) -> Rule:
-    return lambda value: None if value is None else rule(value)
-
-
-def text(value) -> str | None:
-    return None if isinstance(value, str) and value else "must be a non-empty string"
-
-
-def safe_name(value) -> str | None:
-    # Used in directory names and MLflow experiment names: no separators, no traversal.
-    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value)
-    return None if ok else "must be text of letters, digits, '_', '-' or '.' (not only digits), starting with a letter or digit"
-
-
-def int_list(length: int | None = None, low: int = 1, high: int | None = None) -> Rule:
-    def rule(value):
-        if not isinstance(value, list) or not all(integer(low, high)(item) is None for item in value):
-            return f"must be a list of integers >= {low}" + (f" and <= {high:,}" if high else "")
-        if length is not None and len(value) != length:
-            return f"must have {length} items"
-    return rule
-
-
-def widths(value) -> str | None:
-    if integer(1, MAX_WIDTH)(value) is None or (value and int_list(high=MAX_WIDTH)(value) is None):
-        return None
-    return f"must be an integer in [1, {MAX_WIDTH:,}] or a list of them, one per hidden layer"
-
-
-# Upper bounds: past them a value can only exhaust memory, time or a C integer (a seed of 2**32,
-# a width of 10**9, epochs of 10**20 ended in tracebacks or hung before these limits).
-MAX_SEED = 2**32 - 1          # NumPy's seeds
-MAX_EPOCHS = 100_000
-MAX_BATCH = 2**20
-MAX_DEPTH = 1_000             # the book's deepest network has 100 layers
-MAX_WIDTH = 2**16
-MAX_PARAMETERS = 2**28        # 1 GiB of float32 weights, 3 GiB with Adam's slots
-MAX_PIXELS = 1_024            # data.resize, per side
-INPUT_SIZES = {"fashion_mnist": 28 * 28, "cifar10": 32 * 32 * 3}  # flattened MLP inputs
-
-
 # -- the schema ---------------------------------------------------------------------------------
 
 DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
         "flatten": boolean, "resize": optional(int_list(length=2, high=MAX_PIXELS)), "train_size": optional(integer(1)),
         "classes": optional(int_list(low=0))}
-MLP = {
-    "name": choice("mlp"), "depth": integer(1, MAX_DEPTH), "activation": choice(*ACTIVATIONS),
-    "width": widths,
-    "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
-    "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
-    "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
-    "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean, "bias_before_bn": boolean,
-    "bn_momentum": number(0, 1, high_open=True), "output_initializer": choice(*INITIALIZERS[:-1]),
-    "input_dropout": number(0, 1, high_open=True), "dropout": number(0, 1, high_open=True), "dropout_kind": choice("dropout", "alpha_dropout"),
-    "l2": number(0), "max_norm": optional(number(0, low_open=True)),
-    "dropout_scope": choice("all", "last"), "output": choice("softmax", "sigmoid"),
-}
-
-
-def layer_ref(value) -> str | None:
-    if integer(0)(value) is None or (isinstance(value, str) and value):
-        return None
-    return "must be a layer index >= 0 or a layer name"
-
-
-MOBILENET_V2 = {
-    "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text, "pretrained": boolean,
-    "dropout": number(0, 1, high_open=True), "augment": choice("none", "flip", "flip_translate"),
-    "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text), "fine_tune_epochs": integer(0, MAX_EPOCHS),
-    "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),
-}
-MODELS = {"mlp": MLP, "mobilenet_v2": MOBILENET_V2}  # model.name -> its keys (conf/model/<name>.yaml)
-IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # keras.applications.MobileNetV2's ImageNet weights
-IMAGENET_SIZES = (96, 128, 160, 192, 224)
 # Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
 OPTIMIZER_ARGS = {
     "sgd": {"momentum": number(0, 1, high_open=True), "nesterov": boolean},
@@ -164,15 +61,16 @@ OPTIMIZER_ARGS = {
 }
 OPTIMIZER_COMMON = {"name": choice(*OPTIMIZER_ARGS), "learning_rate": number(0, low_open=True)}
 CLIPPING = {key: optional(number(0, low_open=True)) for key in CLIPPING_KEYS}
-DECAY = {"name": text, "per": choice("step", "epoch"), "decay_steps": integer(1), "decay_rate": number(0, low_open=True),
-         "staircase": boolean}
+DECAY = {"name": text, "per": choice("step", "epoch"), "decay_steps": integer(1),
+         "decay_rate": number(0, low_open=True), "staircase": boolean}
 SCHEDULES = {
     "constant": {"name": text},
     "exponential_decay": DECAY,
     "inverse_time_decay": DECAY,
     "piecewise_constant_decay": {"name": text, "per": choice("step", "epoch"), "boundaries": int_list(),
                                  "multipliers": lambda v: None if isinstance(v, list) and v and all(
-                                     number(0, low_open=True)(m) is None for m in v) else "must be a list of numbers > 0"},
+                                     number(0, low_open=True)(m) is None for m in v)
+                                 else "must be a list of numbers > 0"},
     "reduce_lr_on_plateau": {"name": text, "monitor": choice(*MONITORS), "factor": number(0, 1, True, True),
                              "patience": integer(0), "min_lr": number(0)},
     "one_cycle": {"name": text, "initial_divisor": number(1), "final_divisor": number(1),
@@ -188,7 +86,7 @@ TOP = {
     "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "on_nan": choice("fail", "record"),
     "mc_dropout_samples": integer(0, 10_000),
     "diagnostics": {"enabled": boolean, "batch_size": integer(1, MAX_BATCH)}, "state_dir": text,
-    "data": DATA, "model": MLP, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
+    "data": DATA, "model": {}, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
     "tracking": TRACKING,
     "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1, MAX_EPOCHS),
                  "source_seed": integer(0, MAX_SEED), "freeze_epochs": integer(0, MAX_EPOCHS)},
@@ -207,9 +105,10 @@ def validate(cfg: DictConfig | dict) -> dict:
                           f"pick a file with schedule=<option>")
     schema["schedule"] = SCHEDULES[schedule_name]
     model_name = config.get("model", {}).get("name") if isinstance(config.get("model"), dict) else None
-    if model_name not in MODELS:
-        raise ConfigError(f"model.name={model_name!r} must be one of {', '.join(MODELS)}; pick a file with model=<option>")
-    schema["model"] = MODELS[model_name]
+    if model_name not in FAMILIES:
+        raise ConfigError(f"model.name={model_name!r} must be one of {', '.join(FAMILIES)}; "
+                          "pick a file with model=<option>")
+    schema["model"] = FAMILIES[model_name].keys
     check_section(config, schema, "")
     check_combinations(config)
     return config
@@ -254,75 +153,7 @@ def check_combinations(config: dict) -> None:
         if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
             raise ConfigError("schedule.boundaries must increase and schedule.multipliers have one more item "
                               f"(found {bounds} and {multipliers})")
-    if config["model"]["name"] == "mobilenet_v2":
-        check_pretrained(config)
-    else:
-        check_mlp(config)
-
-
-def check_mlp(config: dict) -> None:
-    model = config["model"]
-    if model["bias_before_bn"] and model["batch_norm"] != "before":
-        raise ConfigError(f"model.bias_before_bn=true keeps the bias of a Dense layer followed by BN, but "
-                          f"model.batch_norm={model['batch_norm']}; set model.batch_norm=before or drop bias_before_bn")
-    if model["activation"] == "selu" and model["batch_norm"] != "none":
-        raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
-                          ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
-    if isinstance(model["width"], list) and len(model["width"]) != model["depth"]:
-        raise ConfigError(f"model.width lists {len(model['width'])} layers but model.depth={model['depth']}; "
-                          "make them agree")
-    if (parameters := mlp_parameters(config)) > MAX_PARAMETERS:
-        raise ConfigError(f"model.depth={model['depth']} x model.width={model['width']} makes {parameters:,} "
-                          f"weights, above the {MAX_PARAMETERS:,} this lab allows (1 GiB of float32); make it smaller")
-    if config["mc_dropout_samples"] > 0 and model["dropout"] == 0 and model["input_dropout"] == 0:
-        raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
-    if model["output"] == "sigmoid" and len(config["data"]["classes"] or ()) != 2:
-        raise ConfigError("model.output=sigmoid is a binary head: set data.classes to two classes (e.g. [0, 2]) "
-                          "or use model.output=softmax")
-    transfer = config["transfer"]
-    if transfer["source_classes"] and transfer["freeze_epochs"] >= config["epochs"]:
-        raise ConfigError(f"transfer.freeze_epochs={transfer['freeze_epochs']} must be below epochs="
-                          f"{config['epochs']}: the reused layers are unfrozen for the remaining epochs")
-    if model["activation"] == "selu" and config["data"]["scale"] != "standard":
-        log.warning("SELU self-normalises only on standardised inputs: consider data.scale=standard")
-    if model["dropout_kind"] == "alpha_dropout" and model["activation"] != "selu" and model["dropout"] + model[
-            "input_dropout"] > 0:
-        log.warning("alpha_dropout is designed for SELU; with %s plain dropout is the usual choice",
-                    model["activation"])
-
-
-def mlp_parameters(config: dict) -> int:
-    """The MLP's weight count (Dense kernels and biases), known before anything is built."""
-    model = config["model"]
-    widths = model["width"] if isinstance(model["width"], list) else [model["width"]] * model["depth"]
-    sizes = [INPUT_SIZES[config["data"]["name"]], *widths, 10]
-    return sum((inputs + 1) * outputs for inputs, outputs in zip(sizes, sizes[1:], strict=False))
-
-
-def check_pretrained(config: dict) -> None:
-    """A pretrained base needs colour images at a size it was made for, and none of the MLP-only features."""
-    model, data = config["model"], config["data"]
-    if data["name"] != "cifar10":
-        raise ConfigError(f"model={model['name']} needs 3-channel images: use data=cifar10 ({data['name']} is greyscale)")
-    if data["resize"] is None or data["flatten"]:
-        raise ConfigError(f"model={model['name']} needs image tensors at its input size: set data.resize (e.g. "
-                          "[96, 96]) and data.flatten=false")
-    height, width = data["resize"]
-    if height < 32 or width < 32:
-        raise ConfigError(f"data.resize={data['resize']}: MobileNetV2 needs at least 32 x 32 pixels")
-    if model["pretrained"] and model["weights"] == "imagenet" and (model["alpha"] not in IMAGENET_ALPHAS or height != width
-                                           or height not in IMAGENET_SIZES):
-        raise ConfigError(f"ImageNet weights exist for model.alpha in {list(IMAGENET_ALPHAS)} and square inputs of "
-                          f"{list(IMAGENET_SIZES)} pixels, not alpha {model['alpha']} at {height}x{width}; change "
-                          "them or use model.weights=none")
-    if config["transfer"]["source_classes"] is not None:
-        raise ConfigError("transfer.* reuses layers of an MLP trained on other classes; with "
-                          f"model={model['name']} set transfer.source_classes=null")
-    if config["mc_dropout_samples"] > 0:
-        raise ConfigError(f"mc_dropout_samples is for the MLP models; set it to 0 with model={model['name']}")
-    if model["pretrained"] and model["weights"] != "none" and data["scale"] != "symmetric":
-        log.warning("data.scale=%s: MobileNetV2's pretrained weights expect inputs in [-1, 1] (data.scale=symmetric)",
-                    data["scale"])
+    FAMILIES[config["model"]["name"]].check(config)
 
 
 def config_hash(config: dict) -> str:

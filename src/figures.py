@@ -6,8 +6,8 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 History = dict[str, list[tuple[int, float]]]
 

@@ -7,6 +7,8 @@ import yaml
 
 from src.errors import ConfigError, one_line
 
+# Relative: a stage reads the params.yaml of the folder it runs in, as DVC runs it (the
+# repository root), or the one given with --params.
 PARAMS_FILE = Path("params.yaml")
 
 

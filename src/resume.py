@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from src.errors import DataError, storage_error
+from src.paths import write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,6 @@ def state_variables(model: keras.Model) -> dict[str, list]:
     model and optimizer apart: a new training phase reloads the first without the second.
     """
     return {"model": model.variables, "optimizer": model.optimizer.variables}
-
-
-def write_json(path: Path, value) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
 
 
 def _plain(value):

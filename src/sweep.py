@@ -13,7 +13,6 @@
 import fcntl
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from omegaconf import OmegaConf, open_dict
 
 from src.config import validate
 from src.errors import ConfigError, LabError
+from src.paths import in_repo, write_json
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent.json"
@@ -125,15 +125,12 @@ def record_jobs(sweep_dir: Path, parent: "ParentRun", jobs: list[list[str]], swe
         result = job_return.return_value if isinstance(job_return.return_value, dict) else {}
         records.append({"job": index, "params": {key: values[key] for key in values if key in swept},
                         "run_id": result.get("run_id"), "skipped": bool(result.get("skipped"))})
-    partial = sweep_dir / f".{JOBS_FILE}.partial"
-    partial.write_text(json.dumps({"parent_run_id": parent.run_id, "jobs": records}, indent=1))
-    os.replace(partial, sweep_dir / JOBS_FILE)
-    return sweep_dir / JOBS_FILE
+    return write_json(sweep_dir / JOBS_FILE, {"parent_run_id": parent.run_id, "jobs": records})
 
 
 def job_error(job_return) -> BaseException:
     try:
-        job_return.return_value  # raises the job's exception
+        _ = job_return.return_value  # raises the job's exception
     except BaseException as error:  # noqa: BLE001 (collected, reported after the other jobs)
         return error
     return RuntimeError("job failed without an exception")
@@ -144,7 +141,7 @@ def report_failures(failures: list, n_jobs: int, parent: "ParentRun") -> None:
         return
     lines = [f"job {index} ({' '.join(job)}): {error}" for index, job, error in failures]
     parent.end("FAILED", "; ".join(lines))
-    for index, job, error in failures:
+    for _, _, error in failures:
         if not isinstance(error, LabError):
             raise error  # a bug, not a user problem: keep its traceback
     raise LabError(f"{len(failures)} of {n_jobs} jobs failed: " + " | ".join(lines))
@@ -167,7 +164,7 @@ class ParentRun:
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "experiment_id": experiment_id}))
         self.ended = False
         for name, path in {(job["data"]["name"], job["data"]["path"]) for job in configs}:
-            self.log_dataset(tracking, name, Path(path) if Path(path).is_absolute() else tracking.REPO / path)
+            self.log_dataset(tracking, name, in_repo(path))
 
     def log_dataset(self, tracking, name: str, path: Path) -> None:
         """The dataset's row, made here before the jobs start: parallel jobs would race to insert it."""

@@ -8,6 +8,7 @@ same place whatever the working directory. It is checked before any training sta
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,10 +26,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from src.errors import TrackingError, one_line
+from src.families import COMMON_CODE, FAMILIES
+from src.paths import REPO
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_URI = f"sqlite:///{REPO / 'mlflow.db'}"
 TAG = "ch11."  # prefix of our own tags
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -227,7 +229,7 @@ class MetricSink:
     Synchronous on purpose: a log_batch costs ~10 ms (50 ms for a 50-layer network's
     diagnostics) on SQLite, while MLflow's async queue made every run's end wait ~0.8 s
     for its thread (which polls its queue once a second). What was logged is in the store
-    when the epoch ends, so a kill loses nothing; the resume backup and train.py still log
+    when the epoch ends, so a kill loses nothing; the resume backup and src/job.py still log
     any epoch missing from the store on restart.
     """
 
@@ -272,29 +274,70 @@ def metric_histories(client: MlflowClient, run_id: str, prefixes: tuple[str, ...
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
+def log_artifact(client: MlflowClient, run_id: str, path: Path, folder: str | None = None) -> None:
+    client.log_artifact(run_id, str(path), folder)
+
+
+def log_artifacts(client: MlflowClient, run_id: str, local_folder: Path, folder: str) -> None:
+    client.log_artifacts(run_id, str(local_folder), folder)
+
+
+def log_dict(client: MlflowClient, run_id: str, value: dict, file: str) -> None:
+    client.log_dict(run_id, value, file)
+
+
+def set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    client.set_tag(run_id, key, value)
+
+
+def log_model(model, example) -> None:
+    """The trained network, without its optimizer, as the active run's MLflow model; its
+    signature is taken from a few test inputs.
+
+    No input example: MLflow would reload the saved model to check it (its own advice is a
+    signature instead), a second per run. Pinned requirements: MLflow's own inference would
+    re-import the world, seconds per run.
+    """
+    import keras  # noqa: PLC0415 (TensorFlow: only once a job has trained)
+    import tensorflow as tf  # noqa: PLC0415
+    from mlflow.models import infer_signature  # noqa: PLC0415
+
+    network = keras.models.clone_model(model)  # the same layers and weights, no optimizer state
+    network.set_weights(model.get_weights())
+    signature = infer_signature(example, keras.ops.convert_to_numpy(network(example, training=False)))
+    mlflow.keras.log_model(network, name="model", signature=signature,
+                           pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+
+
+def load_model(run_id: str):
+    """The MLflow model a run logged, or a TrackingError with the command that makes it again."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return mlflow.keras.load_model(f"runs:/{run_id}/model")
+    except Exception as error:  # noqa: BLE001 (any failure to read it has the same fix)
+        uri = mlflow.get_tracking_uri()
+        raise TrackingError(f"cannot load the source model runs:/{run_id}/model ({one_line(error, 160)}); "
+                            f"delete that run (MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}) "
+                            "and the same command trains it again") from None
+
+
 def is_finished(status: str) -> bool:
     return status == RunStatus.to_string(RunStatus.FINISHED)
 
 
 # -- what identifies a result: config, code and data -----------------------------------------
 
-# The code that turns a config and data into numbers: what a run key hashes, per model
-# family, and what the DVC experiment stages depend on (dvc.yaml lists the same files; a
-# test keeps the two in step). The rest of src/ is wiring: train.py, config.py, sweep.py
-# and this file choose which code runs on which config and record it; cli.py, errors.py,
-# figures.py and report/ only print, draw and read. A change there reaches a result only
-# through the resolved config, which the run key hashes too. Adding a family's code here
-# leaves the other families' keys (and their finished runs) as they are.
-RESULT_CODE = {
-    "common": ("src/engine.py", "src/models.py", "src/optim.py", "src/callbacks.py", "src/resume.py",
-               "src/data/__init__.py", "src/data/load.py", "src/data/files.py"),
-    "mlp": (),
-    "mobilenet_v2": ("src/pretrained",),
-}
+# The code that turns a config and data into numbers, per model family: what a run key hashes
+# and what the DVC experiment stages depend on (src/families.py: COMMON_CODE and each family's
+# code; dvc.yaml lists the same files, a test keeps the two in step). The rest of src/ is
+# wiring: it chooses which code runs on which config and records, prints, draws or reads it;
+# a change there reaches a result only through the resolved config, which the run key hashes
+# too. Adding a family's code leaves the other families' keys (and their finished runs) as they are.
+RESULT_CODE = {"common": COMMON_CODE, **{name: family.code for name, family in FAMILIES.items()}}
 
 
 def result_files(model_name: str) -> list[Path]:
-    """The files of RESULT_CODE for a model family (folders: every .py below), sorted."""
+    """The result code of a model family (folders: every .py below), sorted."""
     files = set()
     for entry in (*RESULT_CODE["common"], *RESULT_CODE[model_name]):
         path = REPO / entry

@@ -53,7 +53,7 @@ def run(settings: dict, data: Prepared, root, name: str = "run") -> dict:
 
 # -- the seed's setup ---------------------------------------------------------------------------
 
-def test_the_experiment_default_is_the_seed_notebooks_setup():
+def test_the_experiment_default_is_the_seeds_setup_but_with_mobilenets_own_input_scale():
     settings = config("experiment=mobilenet_v2_cifar10")
     seed_setup = {"name": "mobilenet_v2", "alpha": 0.35, "weights": "imagenet", "dropout": 0.2, "fine_tune_epochs": 0,
                   "augment": "none"}
@@ -221,7 +221,7 @@ def test_imagenet_weights_offline_fail_before_any_training_with_where_to_put_the
 # -- a whole run, tracked -------------------------------------------------------------------------
 
 def test_a_tracked_run_logs_both_phases_as_one_curve_the_model_and_the_confusion_matrix(small_npz, tmp_path):
-    from src.train import train  # noqa: PLC0415
+    from src.job import train  # noqa: PLC0415
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = train(config(*SMALL, f"data.path={small_npz}", "data.train_size=100", "model.fine_tune_epochs=1",

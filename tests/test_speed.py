@@ -66,7 +66,7 @@ def test_steps_per_execution_trains_to_the_same_metrics_as_the_default_loop(fash
 @pytest.mark.parametrize(("requested", "steps", "expected"), [(1, 63, 1), (16, 63, 21), (32, 1719, 191), (8, 64, 8),
                                                              (64, 141, 141), (500, 63, 63), (5, 7, 7)])
 def test_a_compiled_call_never_spans_two_epochs(requested, steps, expected):
-    from src.engine import steps_per_call  # noqa: PLC0415
+    from src.fitting import steps_per_call  # noqa: PLC0415
 
     assert steps_per_call(requested, steps) == expected and steps % expected == 0
 

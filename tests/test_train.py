@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, cli, history, parent_and_children, runs, shrunk
 from src.errors import TrackingError, TrainingError
-from src.train import train
+from src.job import train
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ class OptunaSweeper(Sweeper):
     """Optuna's search, each trial a child run, optimising one job metric (`objective`)."""
 
     def __init__(self, objective: str, **optuna_settings):
-        from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as Optuna
+        # Hydra imports every plugin module at each start: Optuna loads only when this sweeper is chosen.
+        from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as Optuna  # noqa: PLC0415
 
         self.optuna, self.objective = Optuna(**optuna_settings), objective
 
@@ -18,6 +19,6 @@ class OptunaSweeper(Sweeper):
         self.optuna.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]):
-        from src import hpo
+        from src import hpo  # noqa: PLC0415 (as above: MLflow only when this sweeper runs)
 
         return hpo.search(self.optuna.sweeper, self.objective, arguments)

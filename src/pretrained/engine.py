@@ -7,13 +7,12 @@
              unfrozen, BN stays in inference mode, a fresh optimizer at learning rate x
              model.fine_tune_lr_factor. Epoch numbers run on, so the MLflow curve is continuous.
 
-Same contract as src.engine.fit_and_evaluate (train.py calls either): resume state,
-callbacks, a metric sink, NaN handling; the result adds the test set's confusion matrix.
+Same contract as src.engine.fit_and_evaluate, and the same phased, resumable fit
+(src/fitting.py); the result adds the test set's confusion matrix.
 """
 
 import copy
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, shuffled_epochs, steps_per_epoch
-from src.engine import configure_runtime, predict, standard_callbacks, steps_per_call
-from src.errors import TrainingError
+from src.fitting import Phase, Training, configure_runtime, predict, steps_per_call
 from src.optim import build_optimizer
+from src.paths import in_repo
 from src.pretrained.features import cache_key, pooled_features
 from src.pretrained.model import (
     TransferModel,
@@ -34,10 +32,9 @@ from src.pretrained.model import (
     weights_digest,
     weights_file,
 )
-from src.resume import Backup, ResumeState
+from src.resume import ResumeState
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 FEATURE_BATCH = 128  # inference only: a bigger batch is faster and changes nothing
 HEAD_STEPS_PER_CALL = 64  # at least, for the head on cached features (same updates, fewer calls)
 
@@ -56,53 +53,38 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
     features, extra = {}, {}
     if cached:
         features, extra = head_features(config, data, model, ("train", "valid"))
+    training = Training(config, state, sink, workdir)
 
-    stateful = standard_callbacks(config, workdir)
-    progress = state.progress()
-    start, history = progress["epochs_done"], progress["history"]
-    if start:
-        log.info("resuming after epoch %d of %d from %s", start, total, state.latest())
-    backup = Backup(state, history, stateful)
-    order = [cbs.EpochStats(), *stateful, backup, cbs.MetricLogger(sink)]
-    phases = [(head_epochs, False)] + ([(total, True)] if total > head_epochs else [])
-    saved_phase = progress.get("phase", 0)
-    for index, (end, fine_tune) in enumerate(phases):
-        begin = phases[index - 1][0] if index else 0
-        if index < saved_phase:
-            continue  # finished before the stop: the saved state belongs to a later phase
+    def phase(begin: int, end: int, fine_tune: bool) -> Phase:
         trained = model.head if cached and not fine_tune else model.full
-        if fine_tune:
-            unfrozen = unfreeze_top(model.base, cfg["fine_tune_from"])
-            log.info("phase 2: %d base layers unfrozen from %s, learning rate x %s", unfrozen,
-                     cfg["fine_tune_from"], cfg["fine_tune_lr_factor"])
-        # The head on features: a step is tiny and Keras's per-call overhead dominates, so many per call.
-        requested = max(config["steps_per_execution"], HEAD_STEPS_PER_CALL if trained is model.head else 1)
-        compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin),
-                      steps_per_execution=steps_per_call(requested, steps))
-        if index == saved_phase and start:
-            state.restore(trained, stateful, optimizer=start < end)
-        if start >= end:
-            continue
-        backup.phase = index
-        train, valid = phase_pipelines(config, data, features if trained is model.head else None,
-                                       max(start, begin), end, steps)
-        trained.fit(train, epochs=end, initial_epoch=max(start, begin), steps_per_epoch=steps,
-                    validation_data=valid, callbacks=order, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
-        if history and not np.isfinite(history[-1].get("loss", np.nan)):
-            break
 
-    diverged = bool(history) and not np.isfinite(history[-1].get("loss", np.nan))
-    if diverged and config["on_nan"] == "fail":
-        raise TrainingError(f"loss became NaN at epoch {len(history)}; lower optimizer.learning_rate "
-                            "(or model.fine_tune_lr_factor), or check the inputs' scale")
+        def enter() -> keras.Model:
+            if fine_tune:
+                unfrozen = unfreeze_top(model.base, cfg["fine_tune_from"])
+                log.info("phase 2: %d base layers unfrozen from %s, learning rate x %s", unfrozen,
+                         cfg["fine_tune_from"], cfg["fine_tune_lr_factor"])
+            # The head on features: a step is tiny and Keras's per-call overhead dominates, so many per call.
+            requested = max(config["steps_per_execution"], HEAD_STEPS_PER_CALL if trained is model.head else 1)
+            compile_phase(trained, config, fine_tune, total_steps=steps * (end - begin),
+                          steps_per_execution=steps_per_call(requested, steps))
+            return trained
+
+        def batches(first: int, last: int) -> tuple:
+            return phase_pipelines(config, data, features if trained is model.head else None, first, last, steps)
+
+        return Phase(end, enter, batches)
+
+    phases = [phase(0, head_epochs, False)] + ([phase(head_epochs, total, True)] if total > head_epochs else [])
+    training.fit(phases, steps)
+    outcome = training.outcome(config["on_nan"], "lower optimizer.learning_rate (or model.fine_tune_lr_factor), "
+                                                 "or check the inputs' scale")
     test = ordered(config, data, "test")
     if cached and len(phases) == 1:  # the base never changed: the head on its (cached) test features
         probabilities = predict(model.head, head_features(config, data, model, ("test",))[0]["test"],
                                 batch_size=FEATURE_BATCH)
     else:
         probabilities = predict(model.full, test)
-    return {**test_scores(probabilities, data.split("test")[1], len(data.class_names)), **extra,
-            "epochs_run": len(history), "diverged_at_epoch": len(history) if diverged else 0,
+    return {**test_scores(probabilities, data.split("test")[1], len(data.class_names)), **extra, **outcome,
             "model": model.full, "example": next(iter(test))[0].numpy()[:3]}
 
 
@@ -117,7 +99,7 @@ def head_features(config: dict, data: Prepared, model: TransferModel, splits: tu
         return {split: extractor.predict(ordered(config, data, split), verbose=0).astype(np.float32)
                 for split in splits}
 
-    features, hit = pooled_features(folder if folder.is_absolute() else REPO / folder, key, splits, compute)
+    features, hit = pooled_features(in_repo(folder), key, splits, compute)
     return features, {"feature_cache_hit": float(hit), "feature_time_s": time.perf_counter() - started}
 
 

@@ -18,7 +18,6 @@ computes them afresh instead of reusing stale ones:
 import hashlib
 import json
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import keras
 import numpy as np
 
 from src.data.files import array_digest
+from src.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def pooled_features(folder: Path | None, key: str, splits: tuple[str, ...],
     features = compute()
     if path is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
-        np.savez(partial, **features)
-        os.replace(partial, path)
+        with atomic_path(path, suffix=".npz") as partial:  # np.savez would add .npz to another name
+            np.savez(partial, **features)
         log.info("pooled features cached: %s", path)
     return features, False

@@ -19,10 +19,10 @@ import numpy as np
 from keras.src.backend.config import keras_home  # $KERAS_HOME, else ~/.keras (not public API)
 
 from src.errors import ConfigError, DataError, one_line
+from src.paths import in_repo
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 # Where Keras finds ImageNet weights: keras/src/applications/mobilenet_v2.py.
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 
@@ -49,7 +49,7 @@ def weights_file(cfg: dict, size: int) -> Path | None:
     if weights == "none" or not cfg["pretrained"]:
         return None
     if weights != "imagenet":
-        path = Path(weights) if Path(weights).is_absolute() else REPO / weights
+        path = in_repo(weights)
         if not path.is_file():
             raise DataError(f"model.weights={weights}: no such file; pass a weights file of the base "
                             "(e.g. saved with base.save_weights), model.weights=imagenet or model.weights=none")

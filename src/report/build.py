@@ -20,13 +20,15 @@ from pathlib import Path
 
 import yaml
 
+from src.params import block, load_params
+from src.paths import REPO
 from src.report import claims, fidelity, plots
 from src.report.stats import arm_metric, paired_difference, spread, verdict
 
-REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
 # Extra columns per experiment, where the experiment is about them.
-EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",), "seed_notebook": ("val_accuracy", "test_loss", "val_loss"),
+EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",),
+                 "seed_notebook": ("val_accuracy", "test_loss", "val_loss"),
                  "cifar10_mlp": ("val_mc_dropout_accuracy", "test_mc_dropout_accuracy")}
 # Curves exported as CSV for `dvc plots show`: (experiment, curve key).
 PLOTTED_CURVES = (("optimizers", "val_accuracy"), ("schedules", "val_accuracy"), ("schedules", "learning_rate"))
@@ -219,7 +221,8 @@ def data_sources(prepared: Path) -> dict[str, str]:
         form = {"image-folder": "the JPEG image-folder copy (its pixels differ slightly from the canonical "
                                 "batches the book loads)",
                 "python-tarball": "the canonical pickled batches",
-                "idx": "the IDX files (contents checked against the canonical SHA-256)"}.get(source.get("form"), "unknown")
+                "idx": "the IDX files (contents checked against the canonical SHA-256)",
+                }.get(source.get("form"), "unknown")
         sources[meta.get("dataset", meta_path.stem)] = f"{form} (npz sha256 {meta.get('npz_sha256', '?')[:12]})"
     return sources
 
@@ -229,10 +232,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="folder of <experiment>/summary.json")
     parser.add_argument("--out", type=Path, default=REPO / "reports", help="where results.md and the rest go")
     parser.add_argument("--published", type=Path, default=REPO / "reports" / "published.yaml")
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="experiments.datasets and .pretrained list them")
-    parser.add_argument("--prepared", type=Path, default=REPO / "data" / "prepared", help="the prepared datasets' .json")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml",
+                        help="experiments.datasets and .pretrained list them")
+    parser.add_argument("--prepared", type=Path, default=REPO / "data" / "prepared",
+                        help="the prepared datasets' .json")
     args = parser.parse_args(argv)
-    experiments = yaml.safe_load(args.params.read_text())["experiments"]
+    experiments = block(load_params(args.params), "experiments", source=args.params)
     names = [*experiments["datasets"], *experiments.get("pretrained", {})]
     summaries = load_summaries(args.runs, names)
     published = yaml.safe_load(args.published.read_text())

@@ -34,7 +34,8 @@ def bn_deficit(summary: dict | None) -> str | None:
                if fast >= plain else
                "BN's lagging moving statistics explain part of the deficit, not all of it" if fast > bn else
                "BN's moving statistics do not explain the deficit")
-    paired = f" (paired by seed: {gain[0].mean * 100:+.2f} ± {gain[0].std * 100:.2f} pts, p = {gain[2]:.3g})" if gain else ""
+    paired = (f" (paired by seed: {gain[0].mean * 100:+.2f} ± {gain[0].std * 100:.2f} pts, p = {gain[2]:.3g})"
+              if gain else "")
     return (f"**model2 (He + BN + clipping) scores below model1 after one epoch** ({SEED_NOTEBOOK}). Ours, test "
             f"accuracy over {len(summary['arms']['model1'])} seeds: model1 {plain:.4f}, "
             f"model2 {bn:.4f}, model2 with BN momentum 0.9 {fast:.4f}{paired}. Verdict: {verdict}.")

@@ -92,7 +92,8 @@ def summary_line(rows: list[Comparison], tolerance: float) -> str:
     line = (f"**{len(count['matched'])} of {len(accuracies)} published accuracies matched within "
             f"{tolerance * 100:.1f} points by our mean; {len(count['spread'])} more lie inside our mean ± 2 std**")
     if count["differs"]:
-        line += "; outside both: " + ", ".join(f"{row.experiment} {row.book} ({row.metric})" for row in count["differs"])
+        line += "; outside both: " + ", ".join(f"{row.experiment} {row.book} ({row.metric})"
+                                               for row in count["differs"])
     if count["missing"]:
         line += f"; {len(count['missing'])} not run yet"
     losses = [row for row in rows if not row.is_accuracy]

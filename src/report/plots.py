@@ -128,7 +128,8 @@ def fidelity(rows: list, tolerance: float, path: Path) -> Path | None:
             axis.annotate(f"{row.experiment}: {row.book}", (row.value, row.ours.mean), fontsize=7,
                           xytext=(4, -10), textcoords="offset points")
     axis.set(xlim=(low, high), ylim=(low, high), xlabel="the book's number (one run)",
-             ylabel="ours (mean ± std over seeds)", title="Chapter 11: every published accuracy, ours against the book's")
+             ylabel="ours (mean ± std over seeds)",
+             title="Chapter 11: every published accuracy, ours against the book's")
     axis.set_aspect("equal")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="upper left")

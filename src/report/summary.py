@@ -11,13 +11,13 @@ so the summary is the same whichever sweep trained the runs; MLflow stays the re
 
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.errors import LabError, TrackingError
+from src.cli import run_main
+from src.errors import ConfigError, TrackingError
+from src.paths import write_text
 
 # Final numbers kept per run; each logged once at the end (test_*) or per epoch (the rest: last value).
 FINAL = ("test_accuracy", "test_loss", "test_mc_dropout_accuracy", "val_mc_dropout_accuracy", "final_val_accuracy",
@@ -91,25 +91,15 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) != 3:
-        sys.exit("usage: python -m src.report.summary <experiment> <sweep dir> <output .json>")
+        raise ConfigError("usage: python -m src.report.summary <experiment> <sweep dir> <output .json>")
     experiment, sweep_dir, output = argv
-    try:
-        summary = summarize(experiment, Path(sweep_dir))
-    except LabError as error:
-        sys.exit(f"error: {error}")
-    write_atomic(Path(output), json.dumps(summary, indent=1) + "\n")
+    summary = summarize(experiment, Path(sweep_dir))
+    write_text(Path(output), json.dumps(summary, indent=1) + "\n")
     runs = sum(len(runs) for runs in summary["arms"].values())
     print(f"summary of {experiment}: {len(summary['arms'])} arms, {runs} runs -> {output}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE.parent)]  # the project and tests/conftest.py
 from conftest import copy_repo  # noqa: E402
-from src.report.summary import write_atomic  # noqa: E402
+from src.paths import write_text  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
@@ -35,7 +35,7 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
     ("runs of killed processes are closed by the next start",
      "tests/faults/test_dvc_kill.py::"
      "test_dvc_repro_killed_mid_stage_then_rerun_completes_with_nothing_stale_lost_or_doubled",
-     [("src/train.py", "    tracking.close_orphans(client, experiment_id)\n", ""),
+     [("src/job.py", "    tracking.close_orphans(client, experiment_id)\n", ""),
       ("src/sweep.py", "        tracking.close_orphans(self.client, experiment_id)\n", "")]),
     ("a full disk becomes one line naming the file",
      "tests/faults/test_disk_full.py::test_a_disk_full_mid_run_is_one_line_a_failed_run_and_the_last_epoch_resumes",
@@ -53,8 +53,8 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
        "            raise BlockingIOError(\"another process is training this exact config\")\n")]),
     ("names used for folders refuse separators and traversal",
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
-     [("src/config.py", "    return None if ok else \"must be text of letters",
-       "    return None if True else \"must be text of letters")]),
+     [("src/rules.py", "    return None if ok else (\"must be text of letters",
+       "    return None if True else (\"must be text of letters")]),
 ]
 
 
@@ -84,7 +84,7 @@ def check(protection: str, test: str, edits: list) -> dict:
 def main() -> int:
     findings = [check(*mutation) for mutation in MUTATIONS]
     output = REPO / "reports" / "fault_mutations.json"
-    write_atomic(output, json.dumps(findings, indent=1) + "\n")
+    write_text(output, json.dumps(findings, indent=1) + "\n")
     missed = [finding["protection"] for finding in findings if not finding["caught"]]
     print(f"{len(findings) - len(missed)} of {len(findings)} mutations caught -> {output.relative_to(REPO)}")
     return 1 if missed else 0

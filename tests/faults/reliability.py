@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from src.report.summary import write_atomic
+from src.paths import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 MUTATIONS = REPO / "reports" / "fault_mutations.json"
@@ -116,5 +116,5 @@ def write_report(path: Path, records: list[Record]) -> None:
         lines += [f"| {m['protection']} | {m['file']} | {m['test']} | {'yes' if m['caught'] else 'NO'} |"
                   for m in mutations]
         lines.append("")
-    write_atomic(path, "\n".join(lines))
-    write_atomic(path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
+    write_text(path, "\n".join(lines))
+    write_text(path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")

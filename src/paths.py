@@ -1,0 +1,50 @@
+"""Where the project's files are, and how every output is written: whole or not at all.
+
+A kill, a full disk or an exception while writing leaves the previous file (or none), never
+half of one: the content goes to a temporary path beside the target, which a rename puts in
+place (atomic on one file system).
+"""
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def in_repo(path: str | Path) -> Path:
+    """Config paths are relative to the repository root, whatever the working directory."""
+    return Path(path) if Path(path).is_absolute() else REPO / path
+
+
+@contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside final, renamed onto final when the block ends without error.
+
+    suffix ends the temporary name, for writers that choose the format by it (np.savez, Keras).
+    On an error the temporary file (or folder) is removed and final is left as it was.
+    """
+    partial = final.with_name(f".{final.name}.{os.getpid()}.partial{suffix}")
+    try:
+        yield partial
+        os.replace(partial, final)
+    finally:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """path's new content, whole or not at all."""
+    with atomic_path(path) as partial:
+        partial.write_text(text)
+    return path
+
+
+def write_json(path: Path, value: Any, indent: int | None = 1) -> Path:
+    return write_text(path, json.dumps(value, indent=indent) + ("\n" if indent is not None else ""))
