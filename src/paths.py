@@ -40,7 +40,8 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """path's new content, whole or not at all."""
+    """path's new content, whole or not at all (its folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
         partial.write_text(text)
     return path

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from src.cli import USER_ERROR_EXIT, one_line_errors
+from src.config import validate
 from src.errors import LabError
 from src.paths import REPO
 
@@ -34,12 +35,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a tran
 # when this file is imported (src.chapter runs it in-process) rather than run as a script.
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from src.job import train  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
-    from src.sweep import parent_run_id  # noqa: PLC0415
-
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
+        validate(cfg)  # a config mistake is one line at once, before TensorFlow and MLflow load
+        from src.job import train  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
+        from src.sweep import parent_run_id  # noqa: PLC0415
+
         return train(cfg, Path(hydra_config.runtime.output_dir),
                      parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
     except LabError as error:

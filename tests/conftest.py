@@ -8,6 +8,7 @@ import copy
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -19,17 +20,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 from PIL import Image
 
+from src.data.files import array_digest, file_digest
 from src.data.idx import write_idx
+from src.data.load import load_prepared
 
 pytest_plugins = ["faults.reliability"]  # the fault suite's records and reports/reliability.md
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
 CIFAR_CLASSES = PARAMS["download"]["cifar10"]["classes"]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
+
+
+# The fixtures that read the real datasets (the mirror): a test that asks for one, directly or
+# through another fixture, is marked slow, so `make test-fast` (-m "not slow") needs no mirror
+# and stays quick. CI runs everything.
+REAL_DATA = {"fashion_npz", "cifar_npz", "pipeline"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if REAL_DATA & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def sha256(data: bytes) -> str:
@@ -178,6 +196,38 @@ def fashion_npz(tmp_path_factory) -> Path:
     return root / "fashion_mnist.npz"
 
 
+# -- the first images of each split of a prepared dataset, for shrunk whole sweeps -----------------
+
+SUBSET = {"train": 2000, "valid": 500, "test": 1000}
+
+
+def write_subset(npz: Path, out: Path, sizes: dict[str, int] = SUBSET) -> Path:
+    """The first sizes[split] images of each split of a prepared dataset, written as a prepared file
+    of its own (npz + json with its hashes recomputed; the rest of the json is the full file's), so
+    load_prepared verifies and serves it like any other."""
+    full = load_prepared(npz)
+    arrays = {f"{kind}_{split}": full.arrays[f"{kind}_{split}"][:size]
+              for split, size in sizes.items() for kind in "xy"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    meta = {**full.meta, "npz_sha256": file_digest(out),
+            "array_sha256": {key: array_digest(value) for key, value in arrays.items()}}
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_subset(tmp_path_factory):
+    """npz -> write_subset(npz), made once per session (and xdist worker) for each dataset."""
+    made = {}
+
+    def subset(npz: Path) -> Path:
+        if npz not in made:
+            made[npz] = write_subset(npz, tmp_path_factory.mktemp("subset") / npz.name)
+        return made[npz]
+    return subset
+
+
 # -- a working copy of the repository, for DVC end to end -------------------------------------------
 
 def copy_repo(work: Path) -> Path:
@@ -199,21 +249,44 @@ def dvc_env(**extra: str) -> dict[str, str]:
 
 
 def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    # One DVC command at a time per repository copy: the session's `pipeline` copy is shared by
+    # both xdist workers, and DVC refuses a second command while another holds the repo's lock.
+    with FileLock(cwd.parent / f".{cwd.name}.dvc-turn.lock"):
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=900)
 
 
 DATA_STAGES = ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mnist", "prepare@cifar10")
 
 
+def session_folder(tmp_path_factory) -> Path:
+    """The temporary folder every xdist worker of this test session shares (pytest-N/; a worker's
+    own is pytest-N/popen-gwN/)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
-    """A copy of the repository where `dvc repro` of the data stages has run once, from the mirror."""
-    work = copy_repo(tmp_path_factory.mktemp("clone") / "repo")
+    """A copy of the repository where `dvc repro` of the data stages has run once, from the mirror.
+
+    Once per session, not once per xdist worker: session fixtures are per worker, and this one is
+    about 100 s of DVC on 2 cores (CI built it twice). The first worker to ask builds it under a file
+    lock in the folder the workers share; the other waits for it and reuses it. The tests only read
+    it, and their DVC commands in it take turns (dvc() above).
+    """
     env = dvc_env()
-    first = dvc("repro", *DATA_STAGES, cwd=work, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    return work, env, first.stdout
+    shared = session_folder(tmp_path_factory)
+    record = shared / "pipeline.json"
+    with FileLock(shared / "pipeline.lock"):
+        if not record.exists():  # a failed build is recorded too: the other worker fails the same way
+            work = copy_repo(shared / "pipeline" / "repo")
+            first = dvc("repro", *DATA_STAGES, cwd=work, env=env)
+            record.write_text(json.dumps({"work": str(work), "returncode": first.returncode, "stdout": first.stdout,
+                                          "stderr": first.stderr}))
+        built = json.loads(record.read_text())
+    assert built["returncode"] == 0, built["stdout"] + built["stderr"]
+    return Path(built["work"]), env, built["stdout"]
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from src.tracking import PROCESS_TAG
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from conftest import REPO
 from src.config import OPTIMIZER_ARGS, validate
 from src.errors import ConfigError
 
@@ -126,7 +126,8 @@ BAD_CONFIGS = [
     pytest.param(["optimizer.learning_rate=-0.1"], ["optimizer.learning_rate=-0.1", "(0, inf)"],
                  id="negative-learning-rate"),
     pytest.param(["optimizer.learning_rate=0"], ["optimizer.learning_rate=0", "(0, inf)"], id="zero-learning-rate"),
-    pytest.param(["optimizer.learning_rate=inf"], ["optimizer.learning_rate=inf", "finite"], id="infinite-learning-rate"),
+    pytest.param(["optimizer.learning_rate=inf"], ["optimizer.learning_rate=inf", "finite"],
+                 id="infinite-learning-rate"),
     pytest.param(["optimizer=sgd", "optimizer.momentum=1.0"], ["optimizer.momentum=1.0", "[0, 1)"],
                  id="momentum-one"),
     pytest.param(["model.dropout=1.0"], ["model.dropout=1.0", "[0, 1)"], id="dropout-one"),
@@ -255,7 +256,7 @@ def test_sweep_with_a_bad_job_is_refused_before_anything_trains(tmp_path):
     assert "learning_rate" in lines[0].split("):", 1)[1] and "nothing was trained" in lines[0]
     assert not (tmp_path / "sweep" / "0").exists()
     if (tmp_path / "mlflow.db").exists():
-        from mlflow.tracking import MlflowClient  # noqa: PLC0415 (only when a store was made)
+        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         experiments = [experiment.experiment_id for experiment in client.search_experiments()]

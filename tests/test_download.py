@@ -11,8 +11,8 @@ import tarfile
 import threading
 
 import pytest
-
 from conftest import jpeg, sha256
+
 from src.data.download import download
 from src.errors import ConfigError, DataError
 

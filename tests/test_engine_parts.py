@@ -3,14 +3,14 @@
 import keras
 import numpy as np
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO
 from src.callbacks import GradientDiagnostics
 from src.config import validate
-from src.errors import ConfigError
 from src.data.load import load_prepared, reshape_splits
 from src.engine import MC_DROPOUT_BATCH, mc_dropout_probabilities
+from src.errors import ConfigError
 from src.models import build_mlp, kernel_layers, mc_dropout_model
 from src.optim import OneCycle, build_optimizer, schedule_callbacks
 
@@ -67,7 +67,8 @@ def test_every_activation_builds(activation, kind):
 
 
 def test_widths_can_differ_per_layer_and_input_dropout_follows_the_input():
-    model = build_mlp(config("model.depth=2", "model.width=[300,100]", "model.input_dropout=0.2")["model"], (28, 28), 10)
+    settings = config("model.depth=2", "model.width=[300,100]", "model.input_dropout=0.2")
+    model = build_mlp(settings["model"], (28, 28), 10)
     assert [layer.units for layer in kernel_layers(model)] == [300, 100, 10]
     assert layer_types(model)[:3] == ["Flatten", "Dropout", "Dense"]
     with pytest.raises(ConfigError, match="model.width lists 2 layers but model.depth=3"):
@@ -126,9 +127,11 @@ def test_per_step_schedules_follow_the_books_formulas(option, step, expected):
 
 def test_per_epoch_schedules_are_callbacks_with_the_books_functions():
     (exponential,) = schedule_callbacks(config("schedule=exponential_epoch"))
-    assert exponential.schedule(20) == pytest.approx(0.001) and exponential.schedule(10) == pytest.approx(0.01 * 0.1**0.5)
+    assert exponential.schedule(20) == pytest.approx(0.001)
+    assert exponential.schedule(10) == pytest.approx(0.01 * 0.1**0.5)
     (piecewise,) = schedule_callbacks(config("schedule=piecewise_epoch"))
-    assert [piecewise.schedule(epoch) for epoch in (0, 4, 5, 14, 15)] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.001])
+    rates = [piecewise.schedule(epoch) for epoch in (0, 4, 5, 14, 15)]
+    assert rates == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.001])
     (plateau,) = schedule_callbacks(config("schedule=plateau"))
     assert plateau.factor == 0.5 and plateau.patience == 5
     assert schedule_callbacks(config("schedule=exponential")) == []  # per step: inside the optimizer
@@ -144,7 +147,9 @@ def test_one_cycle_rises_to_the_peak_then_anneals_far_below_the_start():
     assert OneCycle.from_config(schedule.get_config()).get_config() == schedule.get_config()
 
 
-@pytest.mark.parametrize("iterations", [5280, 10750, 999, 7])  # exercise 8's and the schedules' 1cycle runs
+# exercise 8's and the schedules' 1cycle runs; the two long ones are 12-30 s of eager calls on 2 cores
+@pytest.mark.parametrize("iterations", [pytest.param(5280, marks=pytest.mark.slow),
+                                        pytest.param(10750, marks=pytest.mark.slow), 999, 7])
 def test_one_cycle_is_the_books_one_cycle_scheduler_step_for_step(iterations):
     """The book's OneCycleScheduler (its notebook, "1Cycle scheduling"), as it sets each batch's rate."""
     max_lr = 0.05
@@ -163,7 +168,8 @@ def test_one_cycle_is_the_books_one_cycle_scheduler_step_for_step(iterations):
 
     ours = OneCycle(peak=max_lr, total_steps=iterations)
     steps = np.arange(iterations)
-    np.testing.assert_allclose([float(ours(step)) for step in steps], [book(step) for step in steps], rtol=1e-5, atol=1e-9)  # float32
+    np.testing.assert_allclose([float(ours(step)) for step in steps], [book(step) for step in steps],
+                               rtol=1e-5, atol=1e-9)  # float32
 
 
 def test_gradient_diagnostics_measure_without_changing_the_model():

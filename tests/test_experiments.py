@@ -1,5 +1,5 @@
 """Every chapter experiment (conf/experiment/*.yaml) composes with its whole sweep, and runs
-end to end shrunk: a few hundred real Fashion-MNIST images, one epoch, one seed."""
+end to end shrunk: a few hundred real images, one epoch, one seed."""
 
 import math
 import subprocess
@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import yaml
+from conftest import PARAMS, REPO, quiet_env
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from conftest import PARAMS, REPO, quiet_env
 from src.config import validate
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -31,6 +31,11 @@ EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own chi
 # MobileNetV2 on 32 x 32 inputs from a random init (every arm: the pretrained ones too).
 EXTRA_SHRINK["mobilenet_v2_cifar10"] = {"data.resize": "[32,32]", "model.weights": "none", "batch_size": "64"}
 DATASETS = {**PARAMS["experiments"]["datasets"], **PARAMS["experiments"]["pretrained"]}
+# The data: the first 2,000 training, 500 validation and 1,000 test images of the real prepared
+# file (conftest.SUBSET), as a prepared file of their own. With the whole file every job also
+# evaluated (and MC-dropout sampled, up to 100 passes) all 5,000 validation and 10,000 test images,
+# and transfer_ab's source model trained on the 44,000 images of its classes: the twelve sweeps took
+# 782 s of CPU against 666 s (cifar10_mlp 73 against 48, MobileNetV2 147 against 124).
 
 
 def sweep_of(name: str) -> dict[str, list[str]]:
@@ -69,11 +74,11 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path):
+def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path, prepared_subset):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = quiet_env()
     cifar = DATASETS[name] == "cifar10"
-    npz = request.getfixturevalue("cifar_npz" if cifar else "fashion_npz")
+    npz = prepared_subset(request.getfixturevalue("cifar_npz" if cifar else "fashion_npz"))
     shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,
               "state_dir": str(tmp_path / "state"), "hydra.sweep.dir": str(tmp_path / "sweep")}
     if name in PARAMS["experiments"]["pretrained"]:

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import PARAMS
+
 from src.data.download import download
 from src.data.load import load_prepared, make_datasets
 from src.data.prepare import prepare
@@ -20,7 +20,7 @@ def prepared(fashion_mirror, tmp_path):
 
 
 def batches(dataset):
-    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
     return np.concatenate(images), np.concatenate(labels)
 
 

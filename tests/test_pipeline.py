@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import copy_repo, dvc, dvc_env
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"seed_notebook": 3, "batchnorm": 3}  # name -> arms (jobs, at one seed)

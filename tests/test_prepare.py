@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import CIFAR_CLASSES, PARAMS, class_color, fashion_arrays
+
 from src.data.download import download
 from src.data.idx import write_idx
 from src.data.prepare import prepare
@@ -56,7 +56,7 @@ def test_cifar_folder_order_is_a_seeded_shuffle_and_labels_follow_pixels(cifar_f
     with np.load(tmp_path / "p1" / "c.npz") as npz:
         assert npz["x_valid"].shape == (6, 32, 32, 3) and npz["x_train"].shape == (24, 32, 32, 3)
         for images, labels in ((npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])):
-            for image, label in zip(images, labels):
+            for image, label in zip(images, labels, strict=True):
                 assert np.abs(image.mean(axis=(0, 1)) - class_color(label)).max() < 4  # JPEG is lossy
         assert sorted(npz["y_test"]) == list(range(10))
 

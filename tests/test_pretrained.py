@@ -11,16 +11,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO
+from mlflow.tracking import MlflowClient
+from test_engine_parts import config
+
 from src.data.files import array_digest, file_digest
 from src.data.load import Prepared, load_prepared, make_datasets
 from src.errors import ConfigError, DataError
 from src.pretrained.engine import fit_and_evaluate
 from src.pretrained.model import build_transfer_model, weights_digest, weights_file
 from src.resume import ResumeState
-from test_engine_parts import config
 
 SMALL = ("experiment=mobilenet_v2_cifar10", "model.weights=none", "data.resize=[32,32]", "epochs=1",
          "batch_size=32", "deterministic=true")
@@ -31,7 +31,8 @@ def cifar(cifar_npz) -> Prepared:
     """The first 160 training, 64 validation and 100 test images of the real prepared CIFAR-10."""
     full = load_prepared(cifar_npz)
     sizes = {"train": 160, "valid": 64, "test": 100}
-    arrays = {f"{kind}_{split}": full.arrays[f"{kind}_{split}"][:size] for split, size in sizes.items() for kind in "xy"}
+    arrays = {f"{kind}_{split}": full.arrays[f"{kind}_{split}"][:size]
+              for split, size in sizes.items() for kind in "xy"}
     return Prepared(arrays, full.meta, full.path)
 
 
@@ -60,8 +61,8 @@ def test_the_experiment_default_is_the_seeds_setup_but_with_mobilenets_own_input
     assert {key: settings["model"][key] for key in seed_setup} == seed_setup
     assert settings["data"]["resize"] == [96, 96] and settings["data"]["train_size"] == 2500
     assert settings["data"]["scale"] == "symmetric"  # the seed's x/255 is the `unit` arm of the sweep
-    assert (settings["optimizer"]["name"], settings["epochs"], settings["batch_size"], settings["validation_split"]) == (
-        "adam", 3, 16, 0.1)
+    training = (settings["optimizer"]["name"], settings["epochs"], settings["batch_size"], settings["validation_split"])
+    assert training == ("adam", 3, 16, 0.1)
 
 
 def test_the_model_is_a_frozen_base_in_inference_mode_pooling_dropout_and_a_softmax_head():
@@ -108,8 +109,8 @@ def test_both_phases_train_on_real_images_the_top_unfrozen_with_bn_frozen_at_a_t
     assert logged[1][1]["learning_rate"] == pytest.approx(logged[0][1]["learning_rate"] / 10)
     base = result["model"].get_layer(initial.name)
     changed = {layer.name for layer in base.layers if layer.weights
-               and any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(),
-                                                               initial.get_layer(layer.name).get_weights(), strict=True))}
+               and any(not np.array_equal(a, b) for a, b in
+                       zip(layer.get_weights(), initial.get_layer(layer.name).get_weights(), strict=True))}
     assert changed and all(name.startswith(("block_15", "block_16", "Conv_1")) for name in changed)
     assert not any("_BN" in name or name.endswith("bn") for name in changed)  # BN: frozen, inference mode
     assert result["epochs_run"] == 2 and 0 <= result["test_accuracy"] <= 1
@@ -135,7 +136,7 @@ def test_a_run_killed_after_the_head_phase_resumes_to_the_same_result(cifar, tmp
 
 
 def test_augmentation_flips_and_shifts_whole_pixels_the_same_way_on_every_run(cifar):
-    from src.pretrained.engine import augmented  # noqa: PLC0415
+    from src.pretrained.engine import augmented
 
     settings = config(*SMALL, "model.augment=flip_translate", "model.translate=0.25")
     batches = make_datasets(cifar, 16, scale="symmetric", resize=(32, 32), epochs=1)["train"]
@@ -221,7 +222,7 @@ def test_imagenet_weights_offline_fail_before_any_training_with_where_to_put_the
 # -- a whole run, tracked -------------------------------------------------------------------------
 
 def test_a_tracked_run_logs_both_phases_as_one_curve_the_model_and_the_confusion_matrix(small_npz, tmp_path):
-    from src.job import train  # noqa: PLC0415
+    from src.job import train
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = train(config(*SMALL, f"data.path={small_npz}", "data.train_size=100", "model.fine_tune_epochs=1",
@@ -231,7 +232,8 @@ def test_a_tracked_run_logs_both_phases_as_one_curve_the_model_and_the_confusion
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "mobilenet_v2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
-    artifacts = {item.path for path in ("", "figures", "model") for item in client.list_artifacts(run.info.run_id, path)}
+    artifacts = {item.path for path in ("", "figures", "model")
+                 for item in client.list_artifacts(run.info.run_id, path)}
     assert {"figures/confusion_matrix.png", "confusion_matrix.json", "figures/learning_curves.png",
             "model/MLmodel"} <= artifacts
     matrix = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp_path)).read_text())

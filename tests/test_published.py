@@ -9,9 +9,9 @@ SEED_PRINTED = {"accuracy": 0.5803, "loss": 1.0949}  # model1's fit line in ../s
 
 
 def test_the_seeds_printed_training_accuracy_is_the_mean_of_its_running_means(fashion_npz):
-    import keras  # noqa: PLC0415
+    import keras
 
-    from src.data.load import load_prepared  # noqa: PLC0415
+    from src.data.load import load_prepared
 
     data = load_prepared(fashion_npz)
     x = np.concatenate([data.split("train")[0], data.split("valid")[0]]).astype("float32") / 255

@@ -5,8 +5,8 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from conftest import DATA_STAGES, PARAMS, dvc
+
 from src.data.load import load_prepared
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_prepared_splits_balance_ranges_and_hashes(pipeline, dataset, sizes, sha
     work, _, _ = pipeline
     data = load_prepared(work / "data" / "prepared" / f"{dataset}.npz")  # verifies every array hash
     meta = data.meta
-    for split, size in zip(("train", "valid", "test"), sizes):
+    for split, size in zip(("train", "valid", "test"), sizes, strict=True):
         x, y = data.split(split)
         assert x.shape == (size, *shape) and x.dtype == np.uint8 and y.dtype == np.int64
         assert (x.min(), x.max()) == (0, 255)

@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from test_engine_parts import config
 
 from benchmarks.report import markdown
 from benchmarks.startup import heavy_imports
-from conftest import REPO
 from src.data.shared import prepared_once
 from src.errors import DataError
-from test_engine_parts import config
 
 
 def copy_prepared(npz: Path, folder: Path) -> Path:
@@ -45,9 +45,9 @@ def test_help_and_cfg_job_answer_without_tensorflow_keras_or_mlflow(argument):
 
 
 def test_steps_per_execution_trains_to_the_same_metrics_as_the_default_loop(fashion_npz, tmp_path):
-    from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
-    from src.engine import fit_and_evaluate  # noqa: PLC0415
-    from src.resume import ResumeState  # noqa: PLC0415
+    from src.data.load import load_prepared, reshape_splits
+    from src.engine import fit_and_evaluate
+    from src.resume import ResumeState
 
     results = {}
     for spe in (1, 32):  # Keras's loop against the config's default
@@ -55,9 +55,13 @@ def test_steps_per_execution_trains_to_the_same_metrics_as_the_default_loop(fash
                           "deterministic=true", f"steps_per_execution={spe}", f"data.path={fashion_npz}")
         data = reshape_splits(load_prepared(fashion_npz), 2000)
         history = []
+
+        def sink(step, logs, history=history):
+            if "loss" in logs:
+                history.append(logs)
+
         with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
-            result = fit_and_evaluate(settings, data, ResumeState(Path(folder)),
-                                      lambda step, logs: history.append(logs) if "loss" in logs else None, Path(folder))
+            result = fit_and_evaluate(settings, data, ResumeState(Path(folder)), sink, Path(folder))
         results[spe] = [value for logs in history for value in (logs["loss"], logs["val_accuracy"])]
         results[spe].append(result["test_accuracy"])
     assert results[32] == pytest.approx(results[1], rel=1e-5)  # every epoch: its boundaries stay where they were
@@ -66,7 +70,7 @@ def test_steps_per_execution_trains_to_the_same_metrics_as_the_default_loop(fash
 @pytest.mark.parametrize(("requested", "steps", "expected"), [(1, 63, 1), (16, 63, 21), (32, 1719, 191), (8, 64, 8),
                                                              (64, 141, 141), (500, 63, 63), (5, 7, 7)])
 def test_a_compiled_call_never_spans_two_epochs(requested, steps, expected):
-    from src.fitting import steps_per_call  # noqa: PLC0415
+    from src.fitting import steps_per_call
 
     assert steps_per_call(requested, steps) == expected and steps % expected == 0
 

@@ -15,9 +15,8 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, cli, copy_repo, dvc, history, parent_and_children, runs, shrunk
+from mlflow.tracking import MlflowClient
 from services import MlflowServer, postgres
 
 pytestmark = pytest.mark.slow
@@ -28,9 +27,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    with postgres() as database:
-        with MlflowServer("server", database, folder / "artifacts", folder / "server.log") as server:
-            yield server
+    with postgres() as database, MlflowServer("server", database, folder / "artifacts",
+                                               folder / "server.log") as server:
+        yield server
 
 
 def test_a_sweep_logs_parent_children_metrics_and_models_to_a_server_on_postgresql(tracking_server, fashion_npz,

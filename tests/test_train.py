@@ -6,10 +6,10 @@ import time
 import mlflow
 import numpy as np
 import pytest
+from conftest import REPO, cli, history, parent_and_children, runs, shrunk
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, history, parent_and_children, runs, shrunk
 from src.errors import TrackingError, TrainingError
 from src.job import train
 
@@ -42,10 +42,12 @@ def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, stor
     assert 0.3 < run.data.metrics["test_mc_dropout_accuracy"] <= 1
     assert 0.3 < run.data.metrics["val_mc_dropout_accuracy"] <= 1  # the book's exercise 8 scores MC on validation
     # No early stopping here: the validation split evaluated after training is the last epoch's.
-    assert run.data.metrics["final_val_accuracy"] == pytest.approx(history(client, run.info.run_id, "val_accuracy")[-1][1])
+    last_epoch = history(client, run.info.run_id, "val_accuracy")[-1][1]
+    assert run.data.metrics["final_val_accuracy"] == pytest.approx(last_epoch)
     tags = run.data.tags
     assert len(tags["ch11.config_hash"]) == 64 and len(tags["ch11.code_hash"]) == 64
-    assert tags["ch11.data_hash"] == __import__("json").loads(fashion_npz.with_suffix(".json").read_text())["npz_sha256"]
+    prepared = __import__("json").loads(fashion_npz.with_suffix(".json").read_text())
+    assert tags["ch11.data_hash"] == prepared["npz_sha256"]
     assert tags["override.schedule"] == "one_cycle" and tags["ch11.overrides"] == "model.dropout=0.2 schedule=one_cycle"
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["ch11.git_dirty"] in ("True", "False")
     assert run.inputs.dataset_inputs[0].dataset.name == "fashion_mnist"

@@ -3,6 +3,7 @@ copying layers, training in phases (frozen, then unfrozen) and resuming across t
 
 import numpy as np
 import pytest
+from test_engine_parts import config
 
 from src.config import source_config
 from src.data.load import load_prepared, reshape_splits
@@ -10,7 +11,6 @@ from src.engine import fit_and_evaluate, training_phases
 from src.errors import ConfigError
 from src.models import build_mlp, kernel_layers, reuse_layers
 from src.resume import ResumeState
-from test_engine_parts import config
 
 TASK_A = "[1,3,4,5,6,7,8,9]"
 TRANSFER = ("data.classes=[0,2]", "data.train_size=200", "model.output=sigmoid", f"transfer.source_classes={TASK_A}",

@@ -3,7 +3,7 @@ headless Chromium (Debian's chromium and chromium-driver, driven by Selenium).
 
 Checks the experiment, the sweep's parent and child runs, a metric chart and the logged
 model, and saves screenshots of the runs and of a chart (mlflow_ui.png, mlflow_ui_chart.png) in
-the test's own folder; `make screenshots` (CH11_SCREENSHOTS=reports) refreshes the README's copies,
+the test's own folder; `make screenshots` (CH11_SCREENSHOTS=reports) refreshes the manual's copies,
 so a plain `make test` leaves the work tree as it was.
 """
 
@@ -11,10 +11,9 @@ import os
 import shutil
 
 import pytest
+from conftest import REPO, cli, parent_and_children, quiet_env, shrunk
 from mlflow.tracking import MlflowClient
 from selenium.webdriver.common.by import By
-
-from conftest import REPO, cli, parent_and_children, quiet_env, shrunk
 from services import MlflowServer
 
 pytestmark = pytest.mark.slow

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE.parent)]  # the project and tests/conftest.py
 from conftest import copy_repo  # noqa: E402
+
 from src.paths import write_text  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"

@@ -7,12 +7,13 @@ per config), nothing corrupted (no lock or schema errors, each run's artifacts i
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli, history, parent_and_children, runs, shrunk
 from mlflow.tracking import MlflowClient
 
-from conftest import cli, history, parent_and_children, runs, shrunk
 from faults.jobs import start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def test_four_jobs_started_together_on_a_fresh_store_each_record_one_complete_ru
         assert run.info.status == "FINISHED"
         assert [step for step, _ in history(client, run.info.run_id, "loss")] == [1, 2]
         logged = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / run.info.run_id))
-        optimizer = yaml.safe_load(open(logged).read())["optimizer"]  # its own config, not a neighbour's
+        optimizer = yaml.safe_load(Path(logged).read_text())["optimizer"]  # its own config, not a neighbour's
         assert {f"optimizer.{key}": str(value) for key, value in optimizer.items()} == {
             key: value for key, value in run.data.params.items() if key.startswith("optimizer.")}
 

@@ -11,9 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, cli, runs, shrunk
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import os
 import subprocess
 
 import pytest
+from conftest import cli, history, runs, shrunk
 from mlflow.tracking import MlflowClient
 
-from conftest import cli, history, runs, shrunk
 from faults.jobs import start_past_epoch_1
 
 pytestmark = pytest.mark.slow

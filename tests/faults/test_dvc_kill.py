@@ -18,9 +18,9 @@ import time
 import psutil
 import pytest
 import yaml
+from conftest import copy_repo, dvc, dvc_env, history, parent_and_children
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_repo, dvc, dvc_env, history, parent_and_children
 from src.data.load import load_prepared
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_repo, quiet_env
 
 pytestmark = pytest.mark.slow

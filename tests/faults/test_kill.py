@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import cli, history, parent_and_children, runs, shrunk
 from mlflow.tracking import MlflowClient
 
-from conftest import cli, history, parent_and_children, runs, shrunk
 from faults.jobs import start, start_past_epoch_1, wait_for
 
 pytestmark = pytest.mark.slow
