@@ -5,13 +5,13 @@ writes a JSON whose "figures" list is what `make bench` (benchmarks/report.py) p
 reports/benchmarks.md: one row per figure, a ratio measured side by side in one run.
 """
 
-import json
 import os
 import platform
 import statistics
 from pathlib import Path
 
-from src.paths import REPO, write_text
+from src import paths
+from src.paths import REPO
 
 # For the commands a benchmark launches: quiet TensorFlow, and the store each command names
 # (an inherited MLFLOW_TRACKING_URI or MLFLOW_RUN_ID, from `mlflow run`, would redirect its runs).
@@ -72,4 +72,4 @@ def finish(benchmark: str, json_path: Path | None, figures: list[dict], **measur
 
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
-        write_text(path, json.dumps(payload, indent=1) + "\n")
+        paths.write_json(path, payload)

@@ -1,6 +1,6 @@
 """One training job, from a composed config to a finished MLflow run.
 
-train(cfg) validates -> connects to MLflow -> skips if this exact config, code and data
+train(cfg) validates, then run_job(config) connects to MLflow -> skips if this exact config, code and data
 already finished -> resumes or starts the run -> fits and evaluates (the model family's
 engine, src/families.py) -> records metrics, model, figures and config -> ends the run.
 Every MLflow call goes through src/tracking.py. src/train.py is the command line around it.
@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: str | None = None,
           overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
-    """Run one job; returns its test metrics, run id and whether it was skipped.
+    """Validate cfg and run it as one job (run_job)."""
+    return run_job(validate(cfg), workdir, parent_run_id, overrides, role)
+
+
+def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None = None,
+            overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
+    """Run one job of a validated config; returns its test metrics, run id and whether it was skipped.
 
     role names a run that another job needs (a transfer source), as a tag and run name.
     """
-    config = validate(cfg)
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
     tracking.close_orphans(client, experiment_id)

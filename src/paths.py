@@ -47,5 +47,6 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_json(path: Path, value: Any, indent: int | None = 1) -> Path:
-    return write_text(path, json.dumps(value, indent=indent) + ("\n" if indent is not None else ""))
+def write_json(path: Path, value: Any) -> Path:
+    """value as indented JSON, whole or not at all."""
+    return write_text(path, json.dumps(value, indent=1) + "\n")

@@ -38,11 +38,11 @@ def main(cfg: DictConfig) -> dict:
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
-        validate(cfg)  # a config mistake is one line at once, before TensorFlow and MLflow load
-        from src.job import train  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
+        config = validate(cfg)  # a config mistake is one line at once, before TensorFlow and MLflow load
+        from src.job import run_job  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
         from src.sweep import parent_run_id  # noqa: PLC0415
 
-        return train(cfg, Path(hydra_config.runtime.output_dir),
+        return run_job(config, Path(hydra_config.runtime.output_dir),
                      parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
     except LabError as error:
         if in_sweep:

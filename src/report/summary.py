@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from src.cli import run_main
 from src.errors import ConfigError, TrackingError
-from src.paths import write_text
+from src.paths import write_json
 
 # Final numbers kept per run; each logged once at the end (test_*) or per epoch (the rest: last value).
 FINAL = ("test_accuracy", "test_loss", "test_mc_dropout_accuracy", "val_mc_dropout_accuracy", "final_val_accuracy",
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError("usage: python -m src.report.summary <experiment> <sweep dir> <output .json>")
     experiment, sweep_dir, output = argv
     summary = summarize(experiment, Path(sweep_dir))
-    write_text(Path(output), json.dumps(summary, indent=1) + "\n")
+    write_json(Path(output), summary)
     runs = sum(len(runs) for runs in summary["arms"].values())
     print(f"summary of {experiment}: {len(summary['arms'])} arms, {runs} runs -> {output}")
 

@@ -7,7 +7,6 @@ guards that protection there, and records whether the test failed, as it must. `
 faults` shows the findings in reports/reliability.md.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE.parent)]  # the project and tests/conftest.py
 from conftest import copy_repo  # noqa: E402
 
-from src.paths import write_text  # noqa: E402
+from src.paths import write_json  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
@@ -85,7 +84,7 @@ def check(protection: str, test: str, edits: list) -> dict:
 def main() -> int:
     findings = [check(*mutation) for mutation in MUTATIONS]
     output = REPO / "reports" / "fault_mutations.json"
-    write_text(output, json.dumps(findings, indent=1) + "\n")
+    write_json(output, findings)
     missed = [finding["protection"] for finding in findings if not finding["caught"]]
     print(f"{len(findings) - len(missed)} of {len(findings)} mutations caught -> {output.relative_to(REPO)}")
     return 1 if missed else 0

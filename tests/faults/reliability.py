@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from src.paths import write_text
+from src.paths import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 MUTATIONS = REPO / "reports" / "fault_mutations.json"
@@ -117,4 +117,4 @@ def write_report(path: Path, records: list[Record]) -> None:
                   for m in mutations]
         lines.append("")
     write_text(path, "\n".join(lines))
-    write_text(path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
+    write_json(path.with_suffix(".json"), data)
