@@ -1,14 +1,19 @@
 """Check a composed training config before anything is built, and fingerprint it.
 
-`validate(cfg)` walks the config against RULES: every key must be known, every value of
-the right type and range, and a few combinations that cannot work (SELU with Batch
-Normalization, MC dropout without dropout, ...) are refused. The first problem found
-becomes one ConfigError line that names the key, the value and the fix.
+Each key is stated once, in conf/: the YAML files declare the keys of every section with their
+defaults and one-line meanings, and a key's type is its default's (true/false, an integer, a
+number, text, a list). This module adds only what a default cannot say: LIMITS (ranges,
+choices, and the type of a key whose default is null) and combinations that cannot work
+(SELU with Batch Normalization, MC dropout without dropout, ...). `validate(cfg)` walks the
+config against both; the first problem found becomes one ConfigError line that names the key,
+the value and the fix.
 """
 
 import copy
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,11 +22,13 @@ from omegaconf.errors import OmegaConfBaseException
 from src.data import DATASETS
 from src.errors import ConfigError
 from src.families import FAMILIES
+from src.paths import REPO
 from src.rules import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_PIXELS,
     MAX_SEED,
+    Rule,
     boolean,
     choice,
     int_list,
@@ -32,6 +39,8 @@ from src.rules import (
     text,
 )
 
+CONF = REPO / "conf"
+GROUPS = ("data", "model", "optimizer", "clipping", "schedule", "tracking")  # conf/<group>/*.yaml
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
@@ -39,77 +48,120 @@ CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
 NOT_HASHED = ("name", "tracking", "force", "state_dir", "threads", "diagnostics")
 
 
-# -- the schema ---------------------------------------------------------------------------------
+# -- the limits: what a key's default cannot say ---------------------------------------------------
 
-DATA = {"name": choice(*DATASETS), "path": text, "scale": choice("none", "unit", "symmetric", "standard"),
-        "flatten": boolean, "resize": optional(int_list(length=2, high=MAX_PIXELS)), "train_size": optional(integer(1)),
-        "classes": optional(int_list(low=0))}
 # Each Keras optimizer's own hyperparameters (a test checks them against Keras's signatures).
 OPTIMIZER_ARGS = {
-    "sgd": {"momentum": number(0, 1, high_open=True), "nesterov": boolean},
+    "sgd": {"momentum": number(0, 1, high_open=True)},
     "adagrad": {"initial_accumulator_value": number(0), "epsilon": number(0, low_open=True)},
     "rmsprop": {"rho": number(0, 1, high_open=True), "momentum": number(0, 1, high_open=True),
-                "epsilon": number(0, low_open=True), "centered": boolean},
+                "epsilon": number(0, low_open=True)},
     "adam": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
-             "epsilon": number(0, low_open=True), "amsgrad": boolean},
+             "epsilon": number(0, low_open=True)},
     "adamax": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
                "epsilon": number(0, low_open=True)},
     "nadam": {"beta_1": number(0, 1, high_open=True), "beta_2": number(0, 1, high_open=True),
               "epsilon": number(0, low_open=True)},
     "adamw": {"weight_decay": number(0), "beta_1": number(0, 1, high_open=True),
-              "beta_2": number(0, 1, high_open=True), "epsilon": number(0, low_open=True), "amsgrad": boolean},
+              "beta_2": number(0, 1, high_open=True), "epsilon": number(0, low_open=True)},
 }
-OPTIMIZER_COMMON = {"name": choice(*OPTIMIZER_ARGS), "learning_rate": number(0, low_open=True)}
-CLIPPING = {key: optional(number(0, low_open=True)) for key in CLIPPING_KEYS}
-DECAY = {"name": text, "per": choice("step", "epoch"), "decay_steps": integer(1),
-         "decay_rate": number(0, low_open=True), "staircase": boolean}
+DECAY = {"per": choice("step", "epoch"), "decay_steps": integer(1), "decay_rate": number(0, low_open=True)}
+# The schedules src/optim.py builds, each with the limits of its keys.
 SCHEDULES = {
-    "constant": {"name": text},
+    "constant": {},
     "exponential_decay": DECAY,
     "inverse_time_decay": DECAY,
-    "piecewise_constant_decay": {"name": text, "per": choice("step", "epoch"), "boundaries": int_list(),
+    "piecewise_constant_decay": {"per": choice("step", "epoch"), "boundaries": int_list(),
                                  "multipliers": lambda v: None if isinstance(v, list) and v and all(
                                      number(0, low_open=True)(m) is None for m in v)
                                  else "must be a list of numbers > 0"},
-    "reduce_lr_on_plateau": {"name": text, "monitor": choice(*MONITORS), "factor": number(0, 1, True, True),
+    "reduce_lr_on_plateau": {"monitor": choice(*MONITORS), "factor": number(0, 1, True, True),
                              "patience": integer(0), "min_lr": number(0)},
-    "one_cycle": {"name": text, "initial_divisor": number(1), "final_divisor": number(1),
+    "one_cycle": {"initial_divisor": number(1), "final_divisor": number(1),
                   "tail_fraction": number(0, 1, high_open=True)},
 }
-TRACKING = {"uri": optional(text), "artifact_location": optional(text), "log_model": boolean}
-TOP = {
+LIMITS = {
     "name": safe_name, "seed": integer(0, MAX_SEED), "epochs": integer(1, MAX_EPOCHS),
     "batch_size": integer(1, MAX_BATCH), "validation_split": optional(number(0, 1, True, True)),
-    "deterministic": boolean, "steps_per_execution": integer(1, MAX_BATCH), "precision": choice(*PRECISIONS),
-    "threads": optional(integer(1, 1024)),
-    "force": boolean, "early_stopping": {"patience": optional(integer(0, MAX_EPOCHS)), "restore_best_weights": boolean},
-    "checkpoint": {"best_only": boolean}, "terminate_on_nan": boolean, "on_nan": choice("fail", "record"),
-    "mc_dropout_samples": integer(0, 10_000),
-    "diagnostics": {"enabled": boolean, "batch_size": integer(1, MAX_BATCH)}, "state_dir": text,
-    "data": DATA, "model": {}, "optimizer": OPTIMIZER_COMMON, "clipping": CLIPPING, "schedule": {"name": text},
-    "tracking": TRACKING,
+    "steps_per_execution": integer(1, MAX_BATCH), "precision": choice(*PRECISIONS),
+    "threads": optional(integer(1, 1024)), "early_stopping": {"patience": optional(integer(0, MAX_EPOCHS))},
+    "on_nan": choice("fail", "record"), "mc_dropout_samples": integer(0, 10_000),
+    "diagnostics": {"batch_size": integer(1, MAX_BATCH)},
     "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1, MAX_EPOCHS),
                  "source_seed": integer(0, MAX_SEED), "freeze_epochs": integer(0, MAX_EPOCHS)},
+    "data": {"name": choice(*DATASETS), "scale": choice("none", "unit", "symmetric", "standard"),
+             "resize": optional(int_list(length=2, high=MAX_PIXELS)), "train_size": optional(integer(1)),
+             "classes": optional(int_list(low=0))},
+    "clipping": {key: optional(number(0, low_open=True)) for key in CLIPPING_KEYS},
+    "tracking": {"uri": optional(text), "artifact_location": optional(text)},
 }
 
+
+def section_limits(config: dict) -> dict:
+    """LIMITS, with those of the optimizer, schedule and model family the config names."""
+    optimizer, schedule, model = (config.get(group) if isinstance(config.get(group), dict) else {}
+                                  for group in ("optimizer", "schedule", "model"))
+    if schedule.get("name") not in SCHEDULES:
+        raise ConfigError(f"schedule.name={schedule.get('name')!r} must be one of {', '.join(SCHEDULES)}; "
+                          "pick a file with schedule=<option>")
+    if model.get("name") not in FAMILIES:
+        raise ConfigError(f"model.name={model.get('name')!r} must be one of {', '.join(FAMILIES)}; "
+                          "pick a file with model=<option>")
+    return {**LIMITS, "schedule": SCHEDULES[schedule["name"]], "model": FAMILIES[model["name"]].limits,
+            "optimizer": {"name": choice(*OPTIMIZER_ARGS), "learning_rate": number(0, low_open=True),
+                          **OPTIMIZER_ARGS.get(optimizer.get("name"), {})}}
+
+
+# -- the declarations: what conf/ says ---------------------------------------------------------------
+
+@functools.cache
+def conf_file(path: Path) -> dict:
+    """A conf/ file's keys and defaults (interpolations left as written; no defaults list, no hydra)."""
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return {key: value for key, value in values.items() if key not in ("defaults", "hydra")}
+
+
+def declared(config: dict) -> dict:
+    """The keys conf/ declares for this config, with their defaults: conf/config.yaml's, and per
+    group those of the group's files of the config's `name` (all its files where they have none)."""
+    sections = dict(conf_file(CONF / "config.yaml"))
+    for group in GROUPS:
+        files = [conf_file(path) for path in sorted((CONF / group).glob("*.yaml"))]
+        named = [values for values in files if "name" in values]  # files without one extend a named one
+        if named:
+            section = config.get(group)
+            name = section.get("name") if isinstance(section, dict) else None
+            files = [values for values in named if values["name"] == name]
+            if not files:
+                raise ConfigError(f"{group}.name={name!r} must be one of "
+                                  f"{', '.join(sorted({values['name'] for values in named}))}; "
+                                  f"pick a file with {group}=<option>")
+        sections[group] = {key: value for values in reversed(files) for key, value in values.items()}
+    return sections
+
+
+def type_of(default: Any, key: str) -> Rule:
+    """The rule a key's default implies: the same type (an integer where a number is expected)."""
+    if isinstance(default, bool):
+        return boolean
+    if isinstance(default, int):
+        return integer()
+    if isinstance(default, float):
+        return number()
+    if isinstance(default, str):
+        return text
+    if isinstance(default, list):
+        return lambda value: None if isinstance(value, list) else "must be a list"
+    raise TypeError(f"{key}: its default is null, so its type must be stated in src/config.py LIMITS")
+
+
+# -- the check -------------------------------------------------------------------------------------
 
 def validate(cfg: DictConfig | dict) -> dict:
     """The resolved config as plain dicts, or a ConfigError naming the first problem."""
     config = resolve(cfg)
-    schema = dict(TOP)
-    optimizer_name = config.get("optimizer", {}).get("name")
-    schema["optimizer"] = {**OPTIMIZER_COMMON, **OPTIMIZER_ARGS.get(optimizer_name, {})}
-    schedule_name = config.get("schedule", {}).get("name")
-    if schedule_name not in SCHEDULES:
-        raise ConfigError(f"schedule.name={schedule_name!r} must be one of {', '.join(SCHEDULES)}; "
-                          f"pick a file with schedule=<option>")
-    schema["schedule"] = SCHEDULES[schedule_name]
-    model_name = config.get("model", {}).get("name") if isinstance(config.get("model"), dict) else None
-    if model_name not in FAMILIES:
-        raise ConfigError(f"model.name={model_name!r} must be one of {', '.join(FAMILIES)}; "
-                          "pick a file with model=<option>")
-    schema["model"] = FAMILIES[model_name].keys
-    check_section(config, schema, "")
+    limits = section_limits(config)
+    check_section(config, declared(config), limits, "")
     check_combinations(config)
     return config
 
@@ -121,19 +173,21 @@ def resolve(cfg: DictConfig | dict) -> dict:
         raise ConfigError(f"config does not resolve: {' '.join(str(error).split())}") from None
 
 
-def check_section(values: Any, schema: dict, where: str) -> None:
+def check_section(values: Any, defaults: dict, limits: dict, where: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{where.rstrip('.')} must be a mapping, found {values!r}")
-    unknown = sorted(set(values) - set(schema))
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]} (known in {where.rstrip('.') or 'the top level'}: "
-                          f"{', '.join(schema)}); remove it or fix the name")
-    for key, rule in schema.items():
+                          f"{', '.join(defaults)}); remove it or fix the name")
+    for key, default in defaults.items():
         if key not in values:
             raise ConfigError(f"{where}{key} is missing; add it to the config (see conf/)")
-        if isinstance(rule, dict):
-            check_section(values[key], rule, f"{where}{key}.")
-        elif (problem := rule(values[key])) is not None:
+        if isinstance(default, dict):
+            check_section(values[key], default, limits.get(key, {}), f"{where}{key}.")
+            continue
+        rule = limits.get(key) or type_of(default, where + key)
+        if (problem := rule(values[key])) is not None:
             raise ConfigError(f"{where}{key}={shown(values[key])} {problem}; fix it on the command line or in conf/")
 
 

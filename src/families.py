@@ -1,8 +1,8 @@
-"""The model families `model.name` selects, each stated once: its keys, its rules, its code.
+"""The model families `model.name` selects, each stated once: its limits, its rules, its code.
 
-Adding a family is a config file (conf/model/<name>.yaml), an engine module whose
-fit_and_evaluate(config, data, state, sink, workdir, source) builds and trains it (on
-src/fitting.py's phased fit), and one entry in FAMILIES. The job, the config check, the
+Adding a family is a config file (conf/model/<name>.yaml: its keys, defaults and meanings), an
+engine module whose fit_and_evaluate(config, data, state, sink, workdir, source) builds and
+trains it (on src/fitting.py's phased fit), and one entry in FAMILIES. The job, the config check, the
 run key's code hash and the tests take everything else from that entry.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from src.errors import ConfigError
-from src.rules import MAX_EPOCHS, boolean, choice, int_list, integer, number, optional, text
+from src.rules import MAX_EPOCHS, choice, int_list, integer, number, optional, text
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ COMMON_CODE = ("src/fitting.py", "src/optim.py", "src/callbacks.py", "src/resume
 
 @dataclass(frozen=True)
 class Family:
-    keys: dict                        # model.<key> -> its rule (src/rules.py), as conf/model/<name>.yaml lists them
+    limits: dict                      # model.<key> -> its rule (src/rules.py), for keys whose default in
+                                      # conf/model/<name>.yaml cannot say it: ranges, choices, null defaults
     check: Callable[[dict], None]     # rules across keys of the whole config (a ConfigError names the fix)
     engine: str                       # the module whose fit_and_evaluate() trains it
     code: tuple[str, ...]             # its own result code (files, or folders of .py files)
@@ -49,13 +50,12 @@ def widths(value) -> str | None:
 
 
 MLP = {
-    "name": choice("mlp"), "depth": integer(1, MAX_DEPTH), "activation": choice(*ACTIVATIONS),
-    "width": widths,
+    "depth": integer(1, MAX_DEPTH), "activation": choice(*ACTIVATIONS), "width": widths,
     "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
     "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
     "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
-    "batch_norm": choice("none", "after", "before"), "input_batch_norm": boolean, "bias_before_bn": boolean,
-    "bn_momentum": number(0, 1, high_open=True), "output_initializer": choice(*INITIALIZERS[:-1]),
+    "batch_norm": choice("none", "after", "before"), "bn_momentum": number(0, 1, high_open=True),
+    "output_initializer": choice(*INITIALIZERS[:-1]),
     "input_dropout": number(0, 1, high_open=True), "dropout": number(0, 1, high_open=True),
     "dropout_kind": choice("dropout", "alpha_dropout"),
     "l2": number(0), "max_norm": optional(number(0, low_open=True)),
@@ -115,8 +115,8 @@ def layer_ref(value) -> str | None:
 
 
 MOBILENET_V2 = {
-    "name": choice("mobilenet_v2"), "alpha": number(0, low_open=True), "weights": text, "pretrained": boolean,
-    "dropout": number(0, 1, high_open=True), "augment": choice("none", "flip", "flip_translate"),
+    "alpha": number(0, low_open=True), "dropout": number(0, 1, high_open=True),
+    "augment": choice("none", "flip", "flip_translate"),
     "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text),
     "fine_tune_epochs": integer(0, MAX_EPOCHS),
     "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),

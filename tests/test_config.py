@@ -1,6 +1,6 @@
 """The training config: every file composes and validates, bad values are one clear line.
 
-Fast: nothing trains. Only the OPTIMIZER_ARGS check imports Keras; the command-line tests
+Fast: nothing trains. Only the optimizer checks import Keras; the command-line tests
 run `python -m src.train` with MLflow pointed at a temporary store and Hydra's output
 folders under tmp_path, so nothing lands in the repository.
 """
@@ -15,10 +15,11 @@ import pytest
 import yaml
 from conftest import REPO
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
-from src.config import OPTIMIZER_ARGS, validate
+from src.config import LIMITS, OPTIMIZER_ARGS, SCHEDULES, declared, section_limits, validate
 from src.errors import ConfigError
+from src.families import FAMILIES
 
 CONF = REPO / "conf"
 GROUPS = sorted(path.name for path in CONF.iterdir()  # a folder without options is no group yet
@@ -102,13 +103,46 @@ def test_optimizer_args_are_keras_constructor_parameters(name):
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "optimizer").glob("*.yaml")), ids=lambda path: path.stem)
-def test_optimizer_files_use_only_known_arguments(compose_config, path):
+def test_optimizer_files_use_only_keras_arguments(compose_config, path):
+    keras = pytest.importorskip("keras")
     # Composed, as the trainer sees it: a file may extend another through its defaults list.
     settings = dict(compose_config(f"optimizer={path.stem}")["optimizer"])
     name = settings.pop("name")
     assert name in OPTIMIZER_ARGS, f"{path.name}: name {name!r} is not in src.config.OPTIMIZER_ARGS"
-    assert set(settings) <= set(OPTIMIZER_ARGS[name]) | {"learning_rate"}
-    assert "learning_rate" in settings
+    parameters = inspect.signature(type(keras.optimizers.get(name)).__init__).parameters
+    assert "learning_rate" in settings and set(settings) <= set(parameters)
+
+
+# -- 2b. each key is declared once, in conf/; the limits in src/ only name declared keys ------------
+
+def group_keys(group: str, name: str | None = None) -> set[str]:
+    """The keys the files of conf/<group>/ declare (those whose `name` is `name`, when given)."""
+    files = [yaml.safe_load(path.read_text()) for path in (CONF / group).glob("*.yaml")]
+    return {key for values in files if name is None or values.get("name") == name for key in values} - {"defaults"}
+
+
+def test_every_limit_names_a_key_that_conf_declares():
+    top = yaml.safe_load((CONF / "config.yaml").read_text())
+    dead = [key for key, limit in LIMITS.items() if not isinstance(limit, dict) and key not in top]
+    dead += [f"{section}.{key}" for section, limits in LIMITS.items() if isinstance(limits, dict)
+             for key in set(limits) - set(top.get(section) or group_keys(section))]
+    for group, named in (("optimizer", OPTIMIZER_ARGS), ("schedule", SCHEDULES),
+                         ("model", {name: family.limits for name, family in FAMILIES.items()})):
+        dead += [f"{group}.{key} ({name})" for name, limits in named.items()
+                 for key in set(limits) - group_keys(group, name)]
+    assert not dead, f"limits for keys no conf/ file declares: {dead}"
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{group}/{option}" for group, option in OPTIONS])
+def test_a_key_whose_default_is_null_has_its_type_stated_in_a_limit(compose_config, group, option):
+    config = OmegaConf.to_container(compose_config(f"{group}={option}", *NEEDS.get((group, option), ())))
+    limits = section_limits(config)
+
+    def unstated(defaults: dict, limits: dict, where: str) -> list[str]:
+        return [name for key, default in defaults.items() for name in (
+            unstated(default, limits.get(key, {}), f"{where}{key}.") if isinstance(default, dict)
+            else [f"{where}{key}"] if default is None and key not in limits else [])]
+    assert not unstated(declared(config), limits, "")
 
 
 # -- 3. bad configs are one ConfigError line that names the key -----------------------------------
@@ -122,6 +156,9 @@ BAD_CONFIGS = [
     pytest.param(["model.depth=2.5"], ["model.depth=2.5", "integer"], id="depth-not-an-integer"),
     pytest.param(["optimizer.learning_rate=fast"], ["optimizer.learning_rate=fast ", "number"],
                  id="learning-rate-not-a-number"),
+    pytest.param(["data.flatten=1"], ["data.flatten=1 ", "true or false"], id="type-from-the-default"),
+    pytest.param(["tracking.log_model=yes"], ["tracking.log_model=yes ", "true or false"],
+                 id="boolean-from-the-default"),
     pytest.param(["model.batch_norm=true"], ["model.batch_norm=", "none, after, before"], id="batch-norm-boolean"),
     pytest.param(["optimizer.learning_rate=-0.1"], ["optimizer.learning_rate=-0.1", "(0, inf)"],
                  id="negative-learning-rate"),
