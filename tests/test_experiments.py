@@ -1,9 +1,12 @@
 """Every chapter experiment (conf/experiment/*.yaml) composes with its whole sweep, and runs
 end to end shrunk: a few hundred real images, one epoch, one seed."""
 
+import json
 import math
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,11 +17,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from src.config import validate
+from src.tracking import PROCESS_TAG
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
-# Two single-threaded jobs at a time, as the pipeline runs them; no model logged (seconds a job).
-SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "hydra/launcher": "parallel", "threads": "1",
-          "tracking.log_model": "false"}
+# One seed, one epoch, no model logged (seconds a job). src.chapter launches each sweep as the
+# pipeline does (params.yaml experiments.launch: two single-threaded jobs at a time).
+SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "tracking.log_model": "false"}
 # Beyond that: the deep MLPs shrunk to 5 layers (a job's time there is TensorFlow tracing the train,
 # test and diagnostics graphs, which grows with the layers and the optimizer's variables: 12 s of a
 # 20-layer Nadam job's 1-epoch fit against 0.6 s for the epoch itself); transfer needs an epoch after
@@ -72,26 +76,47 @@ def test_every_job_of_an_experiment_composes_and_validates(name):
             assert config["name"] == name and config["seed"] == int(job["seed"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_an_experiment_runs_end_to_end_shrunk(name, request, tmp_path, prepared_subset):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = quiet_env()
-    cifar = DATASETS[name] == "cifar10"
-    npz = prepared_subset(request.getfixturevalue("cifar_npz" if cifar else "fashion_npz"))
-    shrink = {**SHRUNK, **EXTRA_SHRINK.get(name, {}), "data.path": str(npz), "tracking.uri": store,
-              "state_dir": str(tmp_path / "state"), "hydra.sweep.dir": str(tmp_path / "sweep")}
+def sweep_spec(name: str, common: dict, sweep_dir: Path, tmp_path: Path) -> str:
+    """One src.chapter argument: the experiment with the common overrides, shrunk further where it
+    needs it (these win: they come last), into sweep_dir."""
+    shrink = {**common, **EXTRA_SHRINK.get(name, {}), "hydra.sweep.dir": str(sweep_dir)}
     if name in PARAMS["experiments"]["pretrained"]:
         shrink["model.feature_cache"] = str(tmp_path / "features")
-    result = subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", f"experiment={name}", *(f"{k}={v}" for k, v in shrink.items())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return shlex.join([name, *(f"{key}={value}" for key, value in shrink.items())])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "cifar10"])
+def test_every_experiment_runs_end_to_end_shrunk_on_one_pair_of_workers(dataset, request, tmp_path, prepared_subset):
+    """The experiments of a dataset in one `python -m src.chapter` (the launch `dvc repro` makes, on
+    warm workers): each its own MLflow experiment with one parent run and a FINISHED child per arm.
+    The first experiment runs a second time at the end: every job is found finished and skipped."""
+    names = [name for name in EXPERIMENTS if DATASETS[name] == dataset]
+    npz = prepared_subset(request.getfixturevalue("cifar_npz" if dataset == "cifar10" else "fashion_npz"))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = {**SHRUNK, "data.path": str(npz), "tracking.uri": store, "state_dir": str(tmp_path / "state")}
+    specs = [sweep_spec(name, common, tmp_path / name, tmp_path) for name in names]
+    specs.append(sweep_spec(names[0], common, tmp_path / "again", tmp_path))
+    result = subprocess.run([sys.executable, "-m", "src.chapter", *specs], cwd=REPO, env=quiet_env(),
+                            capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    expected = math.prod(len(values) for key, values in sweep_of(name).items() if key != "seed")
-    expected += EXTRA_RUNS.get(name, 0)
-    assert len(runs) == expected + 1 and len(children) == expected
-    assert all(run.info.status == "FINISHED" for run in runs)
-    assert all(0 <= run.data.metrics["test_accuracy"] <= 1 for run in children)
+
+    client, served = MlflowClient(store), {}
+    for name in names:
+        record = json.loads((tmp_path / name / "jobs.json").read_text())
+        parent = client.get_run(record["parent_run_id"])
+        assert client.get_experiment(parent.info.experiment_id).name == name
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        arms = math.prod(len(values) for key, values in sweep_of(name).items() if key != "seed")
+        assert len(record["jobs"]) == arms and not any(job["skipped"] for job in record["jobs"]), name
+        assert len(children) == arms + EXTRA_RUNS.get(name, 0), name
+        assert all(run.info.status == "FINISHED" for run in (parent, *children)), name
+        assert all(0 <= run.data.metrics["test_accuracy"] <= 1 for run in children), name
+        for run in children:
+            served.setdefault(run.data.tags[PROCESS_TAG], set()).add(name)
+    # The workers outlive a sweep (joblib's loky restarts one whose memory grew by 300 MB, so not
+    # always the same two for ten experiments).
+    assert max(len(experiments) for experiments in served.values()) > 1, served
+    rerun = json.loads((tmp_path / "again" / "jobs.json").read_text())["jobs"]
+    assert rerun and all(job["skipped"] for job in rerun)
