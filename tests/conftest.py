@@ -257,6 +257,11 @@ def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 DATA_STAGES = ("download@fashion_mnist", "download@cifar10", "prepare@fashion_mnist", "prepare@cifar10")
+# Outputs hard-linked to the cache, not copied: 15 s instead of 69 s for the 60,000 CIFAR-10 files.
+# Only in the tests' repositories, whose data nothing edits in place: writing into a linked output
+# writes into the cache too (root ignores DVC's read-only protection), which the shipped copy mode
+# survives (tests/faults/test_dvc_kill.py truncates an output and expects it restored).
+LINKED_CACHE = ("config", "--local", "cache.type", "hardlink")
 
 
 def session_folder(tmp_path_factory) -> Path:
@@ -281,6 +286,7 @@ def pipeline(tmp_path_factory):
     with FileLock(shared / "pipeline.lock"):
         if not record.exists():  # a failed build is recorded too: the other worker fails the same way
             work = copy_repo(shared / "pipeline" / "repo")
+            dvc(*LINKED_CACHE, cwd=work, env=env)
             first = dvc("repro", *DATA_STAGES, cwd=work, env=env)
             record.write_text(json.dumps({"work": str(work), "returncode": first.returncode, "stdout": first.stdout,
                                           "stderr": first.stderr}))

@@ -14,9 +14,9 @@ EXPERIMENTS = {"seed_notebook": 3, "batchnorm": 3}  # name -> arms (jobs, at one
 QUICK = "seed=42 epochs=1 data.train_size=300 tracking.log_model=false"
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    work = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+@pytest.fixture
+def pipeline(tmp_path):
+    work = copy_repo(tmp_path / "repo")
     shutil.rmtree(work / "runs", ignore_errors=True)  # the committed summaries of the full run
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["experiments"].update(datasets={name: "fashion_mnist" for name in EXPERIMENTS}, pretrained={}, extra=QUICK)
@@ -28,8 +28,15 @@ def pipeline(tmp_path_factory):
     return work, env, store, first.stdout
 
 
-def test_repro_runs_each_experiment_as_one_parent_run_with_its_children(pipeline):
-    work, _, store, output = pipeline
+def test_repro_runs_the_experiments_and_the_report_then_only_what_an_edit_changed(pipeline):
+    """One test, not three: each part reads the repository the one before left (the edit comes last),
+    and tests of one module can land on both xdist workers, which would each build it (about 100 s)."""
+    runs_each_experiment_as_one_parent_run_with_its_children(*pipeline)
+    the_report_is_made_from_the_summaries(*pipeline)
+    a_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(*pipeline)
+
+
+def runs_each_experiment_as_one_parent_run_with_its_children(work, env, store, output):
     client = MlflowClient(store)
     for name, arms in EXPERIMENTS.items():
         assert f"Running stage 'experiment@{name}'" in output
@@ -44,8 +51,7 @@ def test_repro_runs_each_experiment_as_one_parent_run_with_its_children(pipeline
         assert recorded == {run.info.run_id for run in children}
 
 
-def test_the_report_is_made_from_the_summaries(pipeline):
-    work, *_ = pipeline
+def the_report_is_made_from_the_summaries(work, env, store, output):
     results = (work / "reports" / "results.md").read_text()
     assert "| seed_notebook | model1 | model1 | test_accuracy |" in results
     assert "| batchnorm | after | after | val_accuracy |" in results
@@ -53,12 +59,11 @@ def test_the_report_is_made_from_the_summaries(pipeline):
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert set(metrics) == set(EXPERIMENTS) and metrics["batchnorm"]["after"]["n"] == 1
     assert (work / "reports" / "figures" / "batchnorm_val_accuracy.png").stat().st_size > 0
-    shown = dvc("metrics", "show", "--json", cwd=work, env=pipeline[1])
+    shown = dvc("metrics", "show", "--json", cwd=work, env=env)
     assert shown.returncode == 0 and "seed_notebook" in shown.stdout
 
 
-def test_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(pipeline):
-    work, env, *_ = pipeline
+def a_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(work, env, store, output):
     again = dvc("repro", "report", cwd=work, env=env)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 

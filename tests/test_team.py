@@ -15,7 +15,7 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, cli, copy_repo, dvc, history, parent_and_children, runs, shrunk
+from conftest import LINKED_CACHE, REPO, cli, copy_repo, dvc, history, parent_and_children, runs, shrunk
 from mlflow.tracking import MlflowClient
 from services import MlflowServer, postgres
 
@@ -192,7 +192,8 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_data_and_repro_has_not
     source = copy_repo(tmp_path / "source")
     for folder in ("raw", "prepared"):  # the data stages' outputs, made once per session (read-only: linked)
         shutil.copytree(work / "data" / folder, source / "data" / folder, copy_function=os.link)
-    for args in (("commit", "--force"),  # record these outputs and this working tree's code, whatever their state
+    for args in (LINKED_CACHE,
+                 ("commit", "--force"),  # record these outputs and this working tree's code, whatever their state
                  ("remote", "modify", "--local", "storage", "url", str(remote)), ("push",)):
         done = dvc(*args, cwd=source, env=env)
         assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
@@ -203,7 +204,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_data_and_repro_has_not
     fresh = tmp_path / "fresh"
     subprocess.run(["git", "clone", "-q", str(source), str(fresh)], check=True)
     assert not (fresh / "data" / "prepared").exists()
-    for args in (("remote", "modify", "--local", "storage", "url", str(remote)), ("pull",)):
+    for args in (("remote", "modify", "--local", "storage", "url", str(remote)), LINKED_CACHE, ("pull",)):
         done = dvc(*args, cwd=fresh, env=env)
         assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     for name in ("fashion_mnist", "cifar10"):
