@@ -121,12 +121,18 @@ def conf_file(path: Path) -> dict:
     return {key: value for key, value in values.items() if key not in ("defaults", "hydra")}
 
 
+@functools.cache
+def group_files(group: str) -> tuple[dict, ...]:
+    """conf/<group>/*.yaml as conf_file reads them: listed once per process, not per validated job."""
+    return tuple(conf_file(path) for path in sorted((CONF / group).glob("*.yaml")))
+
+
 def declared(config: dict) -> dict:
     """The keys conf/ declares for this config, with their defaults: conf/config.yaml's, and per
     group those of the group's files of the config's `name` (all its files where they have none)."""
     sections = dict(conf_file(CONF / "config.yaml"))
     for group in GROUPS:
-        files = [conf_file(path) for path in sorted((CONF / group).glob("*.yaml"))]
+        files = group_files(group)
         named = [values for values in files if "name" in values]  # files without one extend a named one
         if named:
             section = config.get(group)

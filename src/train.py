@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> dict:
         from src.sweep import parent_run_id  # noqa: PLC0415
 
         return run_job(config, Path(hydra_config.runtime.output_dir),
-                     parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
+                       parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
     except LabError as error:
         if in_sweep:
             raise  # the sweeper reports it once the other jobs have run
