@@ -92,25 +92,27 @@ def test_every_value_line_has_an_inline_comment():
 
 # -- 2. OPTIMIZER_ARGS and the optimizer files agree with Keras ------------------------------------
 
+def keras_parameters(name: str) -> set[str]:
+    """What the Keras optimizer `name` takes (its constructor's parameters)."""
+    keras = pytest.importorskip("keras")
+    return set(inspect.signature(type(keras.optimizers.get(name)).__init__).parameters)
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZER_ARGS))
 def test_optimizer_args_are_keras_constructor_parameters(name):
-    keras = pytest.importorskip("keras")
-    optimizer_class = type(keras.optimizers.get(name))
-    parameters = inspect.signature(optimizer_class.__init__).parameters
+    parameters = keras_parameters(name)
     assert "learning_rate" in parameters
-    assert set(OPTIMIZER_ARGS[name]) <= set(parameters), (
-        f"{optimizer_class.__name__} does not take {sorted(set(OPTIMIZER_ARGS[name]) - set(parameters))}")
+    assert set(OPTIMIZER_ARGS[name]) <= parameters, (
+        f"keras optimizer {name} does not take {sorted(set(OPTIMIZER_ARGS[name]) - parameters)}")
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "optimizer").glob("*.yaml")), ids=lambda path: path.stem)
 def test_optimizer_files_use_only_keras_arguments(compose_config, path):
-    keras = pytest.importorskip("keras")
     # Composed, as the trainer sees it: a file may extend another through its defaults list.
     settings = dict(compose_config(f"optimizer={path.stem}")["optimizer"])
     name = settings.pop("name")
     assert name in OPTIMIZER_ARGS, f"{path.name}: name {name!r} is not in src.config.OPTIMIZER_ARGS"
-    parameters = inspect.signature(type(keras.optimizers.get(name)).__init__).parameters
-    assert "learning_rate" in settings and set(settings) <= set(parameters)
+    assert "learning_rate" in settings and set(settings) <= keras_parameters(name)
 
 
 # -- 2b. each key is declared once, in conf/; the limits in src/ only name declared keys ------------
