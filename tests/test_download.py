@@ -9,10 +9,12 @@ import shutil
 import socket
 import tarfile
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import jpeg, sha256
 
+from src.data import cifar
 from src.data.download import download
 from src.errors import ConfigError, DataError
 
@@ -126,21 +128,28 @@ def test_a_failed_refetch_keeps_the_previous_good_output(fashion_mirror, tmp_pat
 
 # -- CIFAR-10 ------------------------------------------------------------------------------------
 
-def test_cifar_image_archive_is_extracted_and_verified(cifar_archive_mirror, tmp_path):
+def test_cifar_image_archive_is_verified_and_kept_as_it_is(cifar_archive_mirror, tmp_path):
+    """One file, not 60,000: DVC hashes, caches, pushes and pulls the archive, not its images."""
     mirror, spec = cifar_archive_mirror
     out = tmp_path / "raw"
     record = download("cifar10", spec, out, mirror)
-    assert record["form"] == "image-folder" and record["file"] == "cifar-10-images.tar.gz"
+    assert record["form"] == "image-folder" and record["file"] == record["archive"] == "cifar-10-images.tar.gz"
     assert record["manifest_sha256"] == spec["image_folder"]["manifest_sha256"]
     assert record["images"] == {"train": 30, "test": 10}
-    assert len(list(out.glob("train/*/*.jpg"))) == 30 and len(list(out.glob("test/*/*.jpg"))) == 10
+    assert sorted(p.name for p in out.iterdir()) == ["cifar-10-images.tar.gz", "source.json"]
+    assert (out / "cifar-10-images.tar.gz").read_bytes() == (mirror / "cifar-10-images.tar.gz").read_bytes()
 
 
-def test_cifar_image_directory_gives_the_same_manifest(cifar_folder_mirror, tmp_path):
+def test_cifar_image_directory_is_packed_into_the_same_images_and_manifest(cifar_folder_mirror, tmp_path):
     mirror, spec = cifar_folder_mirror
     record = download("cifar10", spec, tmp_path / "raw", mirror)
-    assert record["file"] == "cifar-10-images/"
+    assert record["file"] == "cifar-10-images/" and record["archive"] == "cifar-10-images.tar.gz"
     assert record["manifest_sha256"] == spec["image_folder"]["manifest_sha256"]
+    packed = tmp_path / "raw" / record["archive"]
+    assert cifar.images_from_archive(packed, spec["classes"]) == cifar.images_from_directory(
+        mirror / "cifar-10-images", spec["classes"])
+    download("cifar10", spec, tmp_path / "again", mirror)  # same images, same bytes: DVC sees no change
+    assert (tmp_path / "again" / record["archive"]).read_bytes() == packed.read_bytes()
 
 
 def test_cifar_canonical_tarball_is_checked_by_md5_and_extracted(cifar_tarball_mirror, tmp_path):
@@ -207,9 +216,10 @@ def test_hostile_archive_members_never_leave_the_output(cifar_archive_mirror, tm
         hostile.addfile(link)
     archive.write_bytes(members.getvalue())
     record = download("cifar10", spec, tmp_path / "out" / "raw", mirror)
-    assert record["manifest_sha256"] == spec["image_folder"]["manifest_sha256"]
+    assert record["manifest_sha256"] == spec["image_folder"]["manifest_sha256"]  # the odd members ignored
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["raw"]
-    assert not list(tmp_path.rglob("escaped*")) and not list((tmp_path / "out").rglob("link.jpg"))
+    assert sorted(p.name for p in (tmp_path / "out" / "raw").iterdir()) == ["cifar-10-images.tar.gz", "source.json"]
+    assert not list(tmp_path.rglob("escaped*")) and not Path("/tmp/abs-escape.jpg").exists()
 
 
 

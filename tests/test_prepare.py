@@ -61,6 +61,20 @@ def test_cifar_folder_order_is_a_seeded_shuffle_and_labels_follow_pixels(cifar_f
         assert sorted(npz["y_test"]) == list(range(10))
 
 
+def test_a_cifar_image_folder_without_its_archive_names_it_and_the_fix(cifar_archive_mirror, tmp_path):
+    mirror, download_spec = cifar_archive_mirror
+    raw = tmp_path / "raw"
+    download("cifar10", download_spec, raw, mirror)
+    (raw / "cifar-10-images.tar.gz").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-images.tar.gz not found; run `dvc repro -f download@cifar10`"):
+        prepare("cifar10", raw, tmp_path / "c.npz", spec("cifar10"))
+    record = json.loads((raw / "source.json").read_text())
+    (raw / "source.json").write_text(json.dumps({k: v for k, v in record.items() if k != "archive"}))
+    with pytest.raises(DataError, match=r"names no image archive .*; run `dvc repro -f download@cifar10`"):
+        prepare("cifar10", raw, tmp_path / "c.npz", spec("cifar10"))
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_cifar_batches_keep_file_order_and_become_nhwc(cifar_tarball_mirror, tmp_path):
     mirror, download_spec, batches = cifar_tarball_mirror
     raw = tmp_path / "raw"

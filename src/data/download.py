@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from src.cli import run_main
 from src.data import DATASETS, cifar
@@ -156,11 +156,15 @@ def _cifar_from_dir(folder: Path, staging: Path, *, spec: dict) -> dict:
     if tarball.is_file():
         return _extract_python_tarball(tarball, spec, staging)
     if archive.is_file():
-        _extract_image_archive(archive, staging)
-        return _verified_image_folder(staging, spec, archive, archive.name)
+        images = cifar.images_from_archive(archive, spec["classes"])
+        facts = _verified_image_folder(images, spec, archive, archive.name)
+        shutil.copyfile(archive, staging / facts["archive"])  # verified: kept as it is
+        return facts
     if directory.is_dir():
-        _copy_image_folder(directory, spec["classes"], staging)
-        return _verified_image_folder(staging, spec, directory, directory.name + "/")
+        images = cifar.images_from_directory(directory, spec["classes"])
+        facts = _verified_image_folder(images, spec, directory, directory.name + "/")
+        cifar.write_archive(images, staging / facts["archive"])
+        return facts
     raise DataError(f"none of {tarball.name}, {archive.name}, {directory.name}/ found")
 
 
@@ -172,9 +176,10 @@ def _cifar_from_url(url: str, staging: Path, *, spec: dict, timeout_s: float) ->
     return facts
 
 
-def _verified_image_folder(staging: Path, spec: dict, origin: Path, file: str) -> dict:
-    facts = cifar.verify_image_folder(staging, {"classes": spec["classes"], **spec["image_folder"]}, origin)
-    return {"form": "image-folder", "file": file, **facts}
+def _verified_image_folder(images: cifar.Images, spec: dict, origin: Path, file: str) -> dict:
+    """The facts of verified images, and the archive (named as the mirror's) that keeps them."""
+    facts = cifar.verify_images(images, {"classes": spec["classes"], **spec["image_folder"]}, origin)
+    return {"form": "image-folder", "file": file, "archive": spec["image_folder"]["archive"], **facts}
 
 
 def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
@@ -192,44 +197,6 @@ def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
                 shutil.copyfileobj(member, out)
             bar.update()
     return {"form": "python-tarball", "file": tarball.name, "md5": md5}
-
-
-def _extract_image_archive(archive_path: Path, staging: Path) -> None:
-    """Extract <split>/<class>/<image> members (an optional top folder is dropped).
-
-    Only regular files at that depth are written, under names rebuilt from their parts,
-    so a hostile archive cannot write outside the staging directory.
-    """
-    with _open_tar(archive_path) as archive, progress(None, f"extract {archive_path.name}", "file") as bar:
-        try:
-            for member in archive:
-                parts = PurePosixPath(member.name).parts
-                if len(parts) == 4 and parts[1] in cifar.SPLITS:
-                    parts = parts[1:]
-                if not member.isfile() or len(parts) != 3 or parts[0] not in cifar.SPLITS:
-                    continue
-                if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-                    continue
-                target = staging.joinpath(*parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.extractfile(member) as stream, open(target, "wb") as out:
-                    shutil.copyfileobj(stream, out)
-                bar.update()
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-            raise DataError(f"{archive_path}: truncated or corrupt archive ({error}); fetch it again") from None
-
-
-def _copy_image_folder(directory: Path, classes: list[str], staging: Path) -> None:
-    """Copy the images of both splits (the copy is what gets verified and kept)."""
-    files = [(split, name, path)
-             for split in cifar.SPLITS for name, path in cifar.image_files(directory, split, classes)]
-    for split in cifar.SPLITS:
-        for name in classes:  # empty class folders too, so the count check sees them
-            (staging / split / name).mkdir(parents=True)
-    with progress(len(files), f"copy {directory.name}", "file") as bar:
-        for split, name, path in files:
-            shutil.copyfile(path, staging / split / name / path.name)
-            bar.update()
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:

@@ -95,9 +95,16 @@ def read_cifar10_folder(raw_dir: Path, record: dict, spec: dict):
     seed = spec.get("order_seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"params.yaml prepare.cifar10.order_seed must be an integer, found {seed!r}")
+    if "archive" not in record:
+        raise DataError(f"{raw_dir / SOURCE_RECORD} names no image archive (an older layout); "
+                        "run `dvc repro -f download@cifar10`")
+    archive = raw_dir / record["archive"]
+    if not archive.is_file():
+        raise DataError(f"{archive} not found; run `dvc repro -f download@cifar10`")
+    found = cifar.images_from_archive(archive, record["classes"])
     splits = []
     for split in cifar.SPLITS:
-        images, labels = cifar.read_image_folder(raw_dir, split, record["classes"])
+        images, labels = cifar.decode_images(found[split], record["classes"], archive, split)
         permutation = np.random.default_rng(seed).permutation(len(images))
         splits.append((images[permutation], labels[permutation]))
     return splits[0], splits[1], f"(class, file name) order shuffled with numpy default_rng({seed})"
