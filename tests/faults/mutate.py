@@ -24,7 +24,7 @@ from src.paths import write_json  # noqa: E402
 KILL = "tests/faults/test_kill.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
     ("a resumed job loads its last saved epoch",
-     KILL + "test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result[1]",
+     KILL + "test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result",
      [("src/resume.py",
       "        latest = self.latest()\n        if latest is None:\n            return self.progress()\n"
        "        model.optimizer.build", "        latest = None\n        if latest is None:\n"

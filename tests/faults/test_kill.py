@@ -41,12 +41,15 @@ def appeared(path_glob, tmp_path) -> bool:
     return bool(list((tmp_path / "state").glob(path_glob)))
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+KILLS = 5  # one reference run, then up to five kills: the kill points are what varies, not the job
+
+
 def test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result(
-        seed, fashion_npz, store, tmp_path, cli_env, faults):
-    """Killed 3 times, each in a random epoch still to do (or in the evaluation and recording after the
-    last) at a random moment of it, then run to the end: same curves and test accuracy as a run never
+        fashion_npz, store, tmp_path, cli_env, faults):
+    """Killed up to 5 times, each in a random epoch still to do (or in the evaluation and recording after
+    the last) at a random moment of it, then run to the end: same curves and test accuracy as a run never
     killed, bit for bit; each epoch logged once; one FINISHED run and model, no run left RUNNING."""
+    seed = 1
     args = job_args(fashion_npz, store, tmp_path, seed, train_size=15000)  # epochs long enough to land in
     env = {**cli_env, "PYTHONUNBUFFERED": "1"}  # Keras's "Epoch 3/4" reaches the log as it is printed
     reference = start([*args, "name=reference"], env)
@@ -59,7 +62,9 @@ def test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_
     assert reference.returncode == 0 and len(marks) == 4
     epoch_time, finish_time = (marks[4] - marks[2]) / 2, time.monotonic() - marks[4]
     rng = random.Random(seed)
-    for attempt in range(3):
+    for attempt in range(KILLS):
+        if any(run.info.status == "FINISHED" for run in runs(store)):
+            break  # the last kill came after the run was recorded: nothing is left to interrupt
         saved = sorted((tmp_path / "state").glob("*/epoch_*"))
         done = int(saved[-1].name[-4:]) if saved else 0
         target = rng.randint(done + 1, 5)  # epoch 5: evaluation, model and figures after the last epoch
