@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +26,9 @@ from src.data.shared import prepared_once
 from src.errors import one_line
 from src.families import FAMILIES
 from src.paths import in_repo
-from src.resume import ResumeState
+
+if TYPE_CHECKING:  # imported in run_job: it loads Keras
+    from src.resume import ResumeState
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
                           else (None, None))
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
                           config["data"]["classes"])
+    from src.resume import ResumeState  # noqa: PLC0415 (Keras: not for a bad data file or a finished job)
+
     state = ResumeState(state_root)  # waits for a process training this exact config, then:
     if done := finished_before():  # skip what it finished (or resume below what it left)
         state.release()
@@ -92,7 +97,7 @@ def run_tags(config: dict, identity: dict, overrides, role: str | None, source_r
             **({f"{tracking.TAG}source_run": source_run} if source_run else {})}
 
 
-def run_to_the_end(config: dict, data, client, run_id: str, state: ResumeState, workdir: Path | None,
+def run_to_the_end(config: dict, data, client, run_id: str, state: "ResumeState", workdir: Path | None,
                    source) -> dict:
     """Train and record inside the open run, then end it: FINISHED, or KILLED / FAILED with the
     resume state kept, so that the same command resumes it."""
@@ -147,17 +152,24 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
 
 
 def record_artifacts(config: dict, data, client, run_id: str, folder: Path, confusion) -> None:
-    """The resolved config, Hydra's record of the job, the figures and the confusion matrix."""
+    """The resolved config, Hydra's record of the job, the confusion matrix and (tracking.log_figures) the figures."""
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
     tracking.log_artifact(client, run_id, folder / "config.yaml")
     if (folder / ".hydra").is_dir():
         tracking.log_artifacts(client, run_id, folder / ".hydra", "hydra")
+    if confusion is not None:
+        tracking.log_dict(client, run_id, {"class_names": data.class_names, "rows_true_columns_predicted": confusion},
+                          "confusion_matrix.json")
+    if config["tracking"]["log_figures"]:
+        log_figures(config, data, client, run_id, folder, confusion)
+
+
+def log_figures(config: dict, data, client, run_id: str, folder: Path, confusion) -> None:
+    """Learning curves, the confusion matrix and (an MLP's diagnostics) gradients by depth, as PNGs."""
     history = tracking.metric_histories(client, run_id, ("loss", "accuracy", "val_", "learning_rate", "grad_norm/",
                                                          "act_std/"))
     tracking.log_artifact(client, run_id, figures.learning_curves(history, folder / "learning_curves.png"), "figures")
     if confusion is not None:
-        tracking.log_dict(client, run_id, {"class_names": data.class_names, "rows_true_columns_predicted": confusion},
-                          "confusion_matrix.json")
         tracking.log_artifact(client, run_id, figures.confusion_matrix(confusion, data.class_names,
                                                                        folder / "confusion_matrix.png"), "figures")
     if config["diagnostics"]["enabled"] and FAMILIES[config["model"]["name"]].gradient_figure:
