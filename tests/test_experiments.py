@@ -20,9 +20,11 @@ from src.config import validate
 from src.tracking import PROCESS_TAG
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
-# One seed, one epoch, no model logged (seconds a job). src.chapter launches each sweep as the
+# One seed, one epoch, no model and no figures logged (seconds a job; the figures alone were a
+# quarter of a shrunk job's CPU, and test_train checks them). src.chapter launches each sweep as the
 # pipeline does (params.yaml experiments.launch: two single-threaded jobs at a time).
-SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "tracking.log_model": "false"}
+SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "tracking.log_model": "false",
+          "tracking.log_figures": "false"}
 # Beyond that: the deep MLPs shrunk to 5 layers (a job's time there is TensorFlow tracing the train,
 # test and diagnostics graphs, which grows with the layers and the optimizer's variables: 12 s of a
 # 20-layer Nadam job's 1-epoch fit against 0.6 s for the epoch itself); transfer needs an epoch after
@@ -115,6 +117,8 @@ def test_every_experiment_runs_end_to_end_shrunk_on_one_pair_of_workers(dataset,
         assert all(0 <= run.data.metrics["test_accuracy"] <= 1 for run in children), name
         for run in children:
             served.setdefault(run.data.tags[PROCESS_TAG], set()).add(name)
+    logged = {artifact.path for artifact in client.list_artifacts(children[0].info.run_id)}
+    assert "config.yaml" in logged and "figures" not in logged, logged  # tracking.log_figures=false
     # The workers outlive a sweep (joblib's loky restarts one whose memory grew by 300 MB, so not
     # always the same two for ten experiments).
     assert max(len(experiments) for experiments in served.values()) > 1, served
