@@ -200,6 +200,14 @@ def test_truncated_image_archive_is_refused(cifar_archive_mirror, tmp_path):
         download("cifar10", spec, tmp_path / "raw", mirror)
 
 
+def test_an_image_archive_that_is_no_tar_is_refused(cifar_archive_mirror, tmp_path):
+    mirror, spec = cifar_archive_mirror
+    (mirror / "cifar-10-images.tar.gz").write_bytes(b"not an archive at all")
+    with pytest.raises(DataError, match="cifar-10-images.tar.gz: not a readable tar archive"):
+        download("cifar10", spec, tmp_path / "raw", mirror)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_hostile_archive_members_never_leave_the_output(cifar_archive_mirror, tmp_path):
     mirror, spec = cifar_archive_mirror
     archive = mirror / "cifar-10-images.tar.gz"

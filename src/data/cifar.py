@@ -78,7 +78,7 @@ def images_from_archive(path: Path, classes: list[str], origin: Path | None = No
     origin = origin or path
     found: dict[str, dict[str, list[tuple[str, bytes]]]] = {split: {} for split in SPLITS}
     try:
-        with tarfile.open(path, "r:*") as archive, progress(None, f"read {path.name}", "file") as bar:
+        with open_tar(path) as archive, progress(None, f"read {path.name}", "file") as bar:
             for member in archive:
                 parts = PurePosixPath(member.name).parts
                 if len(parts) == 4 and parts[1] in SPLITS:
@@ -97,6 +97,14 @@ def images_from_archive(path: Path, classes: list[str], origin: Path | None = No
         check_classes(set(found[split]), classes, origin, split)
     return {split: [(name, file, data) for name in classes for file, data in sorted(found[split][name])]
             for split in SPLITS}
+
+
+def open_tar(path: Path) -> tarfile.TarFile:
+    """A tar archive, gzip-compressed or not, opened for reading; a file that is none is one DataError."""
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{path}: not a readable tar archive ({error}); fetch it again") from None
 
 
 def write_archive(images: Images, path: Path) -> None:

@@ -188,7 +188,7 @@ def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
     check_digest(str(tarball), md5, spec["python_tarball"]["md5"], "MD5")
     target = staging / cifar.BATCHES_DIR
     target.mkdir()
-    with _open_tar(tarball) as archive, progress(len(cifar.BATCH_FILES), f"extract {tarball.name}", "file") as bar:
+    with cifar.open_tar(tarball) as archive, progress(len(cifar.BATCH_FILES), f"extract {tarball.name}", "file") as bar:
         for name in cifar.BATCH_FILES:
             member = _tar_member(archive, f"{cifar.BATCHES_DIR}/{name}")
             if member is None:
@@ -197,13 +197,6 @@ def _extract_python_tarball(tarball: Path, spec: dict, staging: Path) -> dict:
                 shutil.copyfileobj(member, out)
             bar.update()
     return {"form": "python-tarball", "file": tarball.name, "md5": md5}
-
-
-def _open_tar(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, "r:*")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise DataError(f"{path}: not a readable tar archive ({error}); fetch it again") from None
 
 
 def _tar_member(archive: tarfile.TarFile, name: str):
