@@ -6,16 +6,19 @@ import shutil
 
 import pytest
 import yaml
-from conftest import copy_repo, dvc, dvc_env
+from conftest import LINKED_CACHE, copy_repo, dvc, dvc_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"seed_notebook": 3, "batchnorm": 3}  # name -> arms (jobs, at one seed)
-QUICK = "seed=42 epochs=1 data.train_size=300 tracking.log_model=false"
+QUICK = "seed=42 epochs=1 data.train_size=300 tracking.log_model=false tracking.log_figures=false"
+DATA = ("download@fashion_mnist", "prepare@fashion_mnist")
 
 
 @pytest.fixture
-def pipeline(tmp_path):
+def repro(tmp_path, pipeline):
+    """`dvc repro report` run once in a copy of the repository whose Fashion-MNIST data stages are
+    checked out from the cache of the session's data pipeline (conftest.pipeline), not run again."""
     work = copy_repo(tmp_path / "repo")
     shutil.rmtree(work / "runs", ignore_errors=True)  # the committed summaries of the full run
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -23,17 +26,22 @@ def pipeline(tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = f"sqlite:///{work.parent / 'mlflow.db'}"
     env = dvc_env(MLFLOW_TRACKING_URI=store, TF_CPP_MIN_LOG_LEVEL="3")
+    for command in (("config", "--local", "cache.dir", str(pipeline[0] / ".dvc" / "cache")), LINKED_CACHE,
+                    ("checkout", *DATA)):
+        done = dvc(*command, cwd=work, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
     first = dvc("repro", "report", cwd=work, env=env)
+    assert not any(f"Running stage '{stage}'" in first.stdout for stage in DATA), first.stdout[-3000:]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return work, env, store, first.stdout
 
 
-def test_repro_runs_the_experiments_and_the_report_then_only_what_an_edit_changed(pipeline):
+def test_repro_runs_the_experiments_and_the_report_then_only_what_an_edit_changed(repro):
     """One test, not three: each part reads the repository the one before left (the edit comes last),
     and tests of one module can land on both xdist workers, which would each build it (about 100 s)."""
-    runs_each_experiment_as_one_parent_run_with_its_children(*pipeline)
-    the_report_is_made_from_the_summaries(*pipeline)
-    a_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(*pipeline)
+    runs_each_experiment_as_one_parent_run_with_its_children(*repro)
+    the_report_is_made_from_the_summaries(*repro)
+    a_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_the_report(*repro)
 
 
 def runs_each_experiment_as_one_parent_run_with_its_children(work, env, store, output):
