@@ -78,7 +78,8 @@ SCHEDULES = {
     "reduce_lr_on_plateau": {"monitor": choice(*MONITORS), "factor": number(0, 1, True, True),
                              "patience": integer(0), "min_lr": number(0)},
     "one_cycle": {"initial_divisor": number(1), "final_divisor": number(1),
-                  "tail_fraction": number(0, 1, high_open=True)},
+                  "tail_fraction": number(0, 1, high_open=True), "max_momentum": number(0, 1, True, True),
+                  "min_momentum": number(0, 1, high_open=True)},
 }
 LIMITS = {
     "name": safe_name, "seed": integer(0, MAX_SEED), "epochs": integer(1, MAX_EPOCHS),
@@ -213,6 +214,13 @@ def check_combinations(config: dict) -> None:
         if len(multipliers) != len(bounds) + 1 or bounds != sorted(set(bounds)):
             raise ConfigError("schedule.boundaries must increase and schedule.multipliers have one more item "
                               f"(found {bounds} and {multipliers})")
+    if schedule.get("cycle_momentum"):
+        if config["optimizer"]["name"] != "sgd":
+            raise ConfigError(f"schedule.cycle_momentum=true cycles SGD's momentum, but optimizer="
+                              f"{config['optimizer']['name']}; use optimizer=sgd (or momentum, nesterov)")
+        if schedule["min_momentum"] > schedule["max_momentum"]:
+            raise ConfigError(f"schedule.min_momentum={schedule['min_momentum']} is above schedule.max_momentum="
+                              f"{schedule['max_momentum']}; swap them")
     FAMILIES[config["model"]["name"]].check(config)
 
 

@@ -34,7 +34,7 @@ class Family:
 
 # -- mlp: the book's dense networks --------------------------------------------------------------
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "mish")
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "rrelu", "prelu", "elu", "selu", "gelu", "swish", "mish")
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "lecun_uniform",
                 "variance_scaling")
 MAX_DEPTH = 1_000             # the book's deepest network has 100 layers
@@ -52,6 +52,8 @@ def widths(value) -> str | None:
 MLP = {
     "depth": integer(1, MAX_DEPTH), "activation": choice(*ACTIVATIONS), "width": widths,
     "leaky_slope": number(0, 1, high_open=True), "kernel_initializer": choice(*INITIALIZERS),
+    "rrelu_lower": number(0, 1, high_open=True), "rrelu_upper": number(0, 1, high_open=True),
+    "elu_alpha": number(0, low_open=True), "bn_epsilon": number(0, low_open=True), "l1": number(0),
     "init_scale": number(0, low_open=True), "init_mode": choice("fan_in", "fan_out", "fan_avg"),
     "init_distribution": choice("uniform", "truncated_normal", "untruncated_normal"),
     "batch_norm": choice("none", "after", "before"), "bn_momentum": number(0, 1, high_open=True),
@@ -71,6 +73,9 @@ def check_mlp(config: dict) -> None:
     if model["activation"] == "selu" and model["batch_norm"] != "none":
         raise ConfigError("model.activation=selu with model.batch_norm=" + model["batch_norm"] +
                           ": SELU normalises itself and Batch Normalization breaks that; set model.batch_norm=none")
+    if model["rrelu_lower"] > model["rrelu_upper"]:
+        raise ConfigError(f"model.rrelu_lower={model['rrelu_lower']} is above model.rrelu_upper="
+                          f"{model['rrelu_upper']}: the slopes are drawn from [lower, upper]; swap them")
     if isinstance(model["width"], list) and len(model["width"]) != model["depth"]:
         raise ConfigError(f"model.width lists {len(model['width'])} layers but model.depth={model['depth']}; "
                           "make them agree")

@@ -8,9 +8,39 @@ import keras
 
 from src.errors import ConfigError
 
+
+@keras.saving.register_keras_serializable(package="ch11")
+class RReLU(keras.layers.Layer):
+    """Randomized leaky ReLU (Xu et al. 2015, in the book's list of ReLU variants): in training each
+    negative input gets a slope drawn uniformly from [lower, upper], afresh at every step; at
+    inference the mean slope, (lower + upper) / 2. The draws come from the layer's own seed
+    generator, which keras.utils.set_random_seed seeds, as Dropout's does."""
+
+    def __init__(self, lower: float = 1 / 8, upper: float = 1 / 3, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.lower, self.upper, self.seed = lower, upper, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if training:
+            slope = keras.random.uniform(keras.ops.shape(inputs), self.lower, self.upper, dtype=inputs.dtype,
+                                         seed=self.seed_generator)
+        else:
+            slope = (self.lower + self.upper) / 2
+        return keras.ops.where(inputs >= 0, inputs, inputs * slope)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "lower": self.lower, "upper": self.upper, "seed": self.seed}
+
+
 ACTIVATION_LAYERS = {
     "leaky_relu": lambda cfg, name: keras.layers.LeakyReLU(negative_slope=cfg["leaky_slope"], name=name),
     "prelu": lambda cfg, name: keras.layers.PReLU(name=name),  # the slope is learned, one per unit
+    "rrelu": lambda cfg, name: RReLU(cfg["rrelu_lower"], cfg["rrelu_upper"], name=name),
+    "elu": lambda cfg, name: keras.layers.ELU(alpha=cfg["elu_alpha"], name=name),  # Activation("elu") is alpha 1
 }
 DROPOUT_LAYERS = {"dropout": keras.layers.Dropout, "alpha_dropout": keras.layers.AlphaDropout}
 
@@ -60,11 +90,17 @@ def initializer(cfg: dict) -> keras.initializers.Initializer:
 
 
 def batch_norm(cfg: dict, name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(momentum=cfg["bn_momentum"], name=name)
+    return keras.layers.BatchNormalization(momentum=cfg["bn_momentum"], epsilon=cfg["bn_epsilon"], name=name)
 
 
 def regularizer(cfg: dict) -> keras.regularizers.Regularizer | None:
-    return keras.regularizers.L2(cfg["l2"]) if cfg["l2"] > 0 else None
+    """L1, L2 or both (the book's l1_l2) on the kernels; None when both factors are 0."""
+    l1, l2 = cfg["l1"], cfg["l2"]
+    if l1 > 0 and l2 > 0:
+        return keras.regularizers.L1L2(l1=l1, l2=l2)
+    if l1 > 0:
+        return keras.regularizers.L1(l1)
+    return keras.regularizers.L2(l2) if l2 > 0 else None
 
 
 def constraint(cfg: dict) -> keras.constraints.Constraint | None:

@@ -31,6 +31,9 @@ def build_optimizer(cfg: dict, total_steps: int) -> keras.optimizers.Optimizer:
     schedule = cfg["schedule"]
     if schedule["name"] in STEP_SCHEDULES and schedule.get("per", "step") == "step":
         settings["learning_rate"] = STEP_SCHEDULES[schedule["name"]](settings["learning_rate"], schedule, total_steps)
+    if schedule.get("cycle_momentum"):  # one_cycle with SGD (src/config.py checks): momentum cycles the other way
+        settings.pop("momentum")
+        return OneCycleSGD(max_momentum=schedule["max_momentum"], min_momentum=schedule["min_momentum"], **settings)
     return type(keras.optimizers.get(name))(**settings)
 
 
@@ -79,6 +82,42 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             (step - 2 * self.half) / self.tail, 1.0)
         return keras.ops.where(step < self.half, up, keras.ops.where(step < 2 * self.half, down, anneal))
 
+    def momentum(self, step, high: float, low: float):
+        """Smith's momentum cycle, the rate's mirror image: high down to low over the first half, back
+        up to high over the second, high through the tail."""
+        step = keras.ops.cast(step, "float32")
+        down = high - (high - low) * step / self.half
+        up = low + (high - low) * (step - self.half) / self.half
+        return keras.ops.where(step < self.half, down, keras.ops.where(step < 2 * self.half, up, high))
+
     def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": self.total_steps, "initial_divisor": self.initial_divisor,
                 "final_divisor": self.final_divisor, "tail_fraction": self.tail_fraction}
+
+
+@keras.saving.register_keras_serializable(package="ch11")
+class OneCycleSGD(keras.optimizers.SGD):
+    """SGD on a OneCycle rate whose momentum cycles too (Smith 2018; the book's text describes it,
+    its notebook's OneCycleScheduler does not do it): max_momentum -> min_momentum while the rate
+    rises, back while it falls. Keras's SGD fixes its momentum when the train step is traced, so
+    the update is SGD's own with that step's momentum in its place."""
+
+    def __init__(self, learning_rate: OneCycle, max_momentum: float = 0.95, min_momentum: float = 0.85, **kwargs):
+        kwargs.pop("momentum", None)  # from get_config: the cycle sets it
+        super().__init__(learning_rate=learning_rate, momentum=max_momentum, **kwargs)
+        self.max_momentum, self.min_momentum = max_momentum, min_momentum
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = keras.ops.cast(learning_rate, variable.dtype)
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        momentum = keras.ops.cast(self._learning_rate.momentum(self.iterations, self.max_momentum, self.min_momentum),
+                                  variable.dtype)
+        velocity = self.momentums[self._get_variable_index(variable)]
+        self.assign(velocity, velocity * momentum - gradient * learning_rate)
+        if self.nesterov:
+            self.assign_add(variable, velocity * momentum - gradient * learning_rate)
+        else:
+            self.assign_add(variable, velocity)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "max_momentum": self.max_momentum, "min_momentum": self.min_momentum}

@@ -11,8 +11,8 @@ from src.config import validate
 from src.data.load import load_prepared, reshape_splits
 from src.engine import MC_DROPOUT_BATCH, mc_dropout_probabilities
 from src.errors import ConfigError
-from src.models import build_mlp, kernel_layers, mc_dropout_model
-from src.optim import OneCycle, build_optimizer, schedule_callbacks
+from src.models import RReLU, build_mlp, kernel_layers, mc_dropout_model
+from src.optim import OneCycle, OneCycleSGD, build_optimizer, schedule_callbacks
 
 
 def config(*overrides: str) -> dict:
@@ -64,6 +64,77 @@ def test_every_activation_builds(activation, kind):
     assert type(layer).__name__ == kind
     if activation == "leaky_relu":
         assert layer.negative_slope == pytest.approx(0.1)
+
+
+def test_rrelu_draws_a_slope_per_input_in_training_and_uses_the_mean_slope_at_inference():
+    inputs = keras.ops.convert_to_tensor(np.r_[-np.ones(10_000), np.arange(1, 5)].astype("float32"))
+    keras.utils.set_random_seed(7)
+    layer = RReLU(lower=0.1, upper=0.3)
+    first = np.asarray(layer(inputs, training=True))
+    slopes = -first[:10_000]
+    assert slopes.min() >= 0.1 and slopes.max() <= 0.3 and slopes.mean() == pytest.approx(0.2, abs=0.005)
+    assert len(np.unique(slopes)) > 9_000 and np.array_equal(first[10_000:], [1, 2, 3, 4])  # positives kept
+    assert not np.array_equal(np.asarray(layer(inputs, training=True)), first)  # afresh at every call
+    keras.utils.set_random_seed(7)
+    assert np.array_equal(np.asarray(RReLU(lower=0.1, upper=0.3)(inputs, training=True)), first)  # seeded
+    np.testing.assert_allclose(np.asarray(layer(inputs, training=False))[:3], [-0.2] * 3, rtol=1e-6)
+    assert RReLU.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_the_activation_l1_and_bn_settings_reach_the_layers(tmp_path):
+    cfg = config("model.activation=rrelu", "model.rrelu_lower=0.05", "model.rrelu_upper=0.25", "model.l1=0.001",
+                 "model.l2=0.01", "model.batch_norm=after", "model.bn_epsilon=0.01")
+    model = build_mlp(cfg["model"], (28, 28), 10)
+    act, bn = model.get_layer("hidden_01_act"), model.get_layer("hidden_01_bn")
+    assert (type(act).__name__, act.lower, act.upper, bn.epsilon) == ("RReLU", 0.05, 0.25, pytest.approx(0.01))
+    assert sum("seed_generator_state" in v.path for v in model.variables) == 3  # its draws resume (src/resume.py)
+    kernels = [layer.kernel for layer in kernel_layers(model)]
+    penalty = sum(0.001 * np.abs(k).sum() + 0.01 * np.square(k).sum() for k in map(np.asarray, kernels))
+    assert float(sum(model.losses)) == pytest.approx(penalty, rel=1e-5)  # the book's l1_l2, by hand
+    assert isinstance(kernel_layers(build_mlp(config("model.l1=0.001")["model"], (28, 28), 10))[0].kernel_regularizer,
+                      keras.regularizers.L1)
+    model.save(tmp_path / "rrelu.keras")  # logged models load back with the custom layer
+    assert type(keras.models.load_model(tmp_path / "rrelu.keras").get_layer("hidden_01_act")) is RReLU
+
+    elu = build_mlp(config("model.activation=elu", "model.elu_alpha=0.5")["model"], (28, 28), 10)
+    floor = elu.get_layer("hidden_01_act")(keras.ops.convert_to_tensor([-100.0]))
+    assert float(floor[0]) == pytest.approx(-0.5)  # ELU tends to -alpha
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.rrelu_lower=0.4", "model.rrelu_lower=0.4 is above model.rrelu_upper=0.333333: .*; swap them"),
+    ("model.bn_epsilon=0", "model.bn_epsilon"), ("model.elu_alpha=0", "model.elu_alpha"),
+    ("model.l1=-0.1", "model.l1")])
+def test_impossible_activation_bn_and_l1_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config(override)
+
+
+CYCLED = ("optimizer=momentum", "optimizer.learning_rate=0.05", "schedule=one_cycle", "schedule.cycle_momentum=true")
+
+
+@pytest.mark.parametrize(("overrides", "runs"), [
+    (("model.activation=rrelu",), 2), (("model.activation=elu", "model.elu_alpha=0.5"), 1), (("model.l1=0.0001",), 1),
+    (("model.l1=0.0001", "model.l2=0.001"), 1), (("model.batch_norm=after", "model.bn_epsilon=0.01"), 1), (CYCLED, 2)],
+    ids=["rrelu", "elu_alpha", "l1", "l1_l2", "bn_epsilon", "cycle_momentum"])
+def test_each_new_setting_learns_real_images_reproducibly(overrides, runs, fashion_npz, prepared_subset, tmp_path):
+    """Two epochs on 2,000 real Fashion-MNIST images: well above chance; RReLU's random slopes and the
+    cycled momentum give the same losses twice for a seed, and a saved model loads back."""
+    data = load_prepared(prepared_subset(fashion_npz))
+    (x_train, y_train), (x_valid, y_valid) = data.split("train"), data.split("valid")
+    settings = config("optimizer=nadam", *overrides)
+    results = []
+    for _ in range(runs):
+        keras.utils.set_random_seed(42)
+        model = build_mlp(settings["model"], (28, 28), 10)
+        model.compile(optimizer=build_optimizer(settings, total_steps=2 * 63), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        history = model.fit(x_train / 255, y_train, epochs=2, batch_size=32, verbose=0)
+        results.append((history.history["loss"], model.evaluate(x_valid / 255, y_valid, verbose=0)[1]))
+    assert results[0][1] > 0.6 and results == results[:1] * len(results), results  # 10 classes: chance is 0.1
+    model.save(tmp_path / "model.keras")  # as MLflow logs it: custom layers and optimizers load back
+    assert keras.models.load_model(tmp_path / "model.keras").evaluate(x_valid / 255, y_valid, verbose=0)[1] == \
+        results[0][1]
 
 
 def test_widths_can_differ_per_layer_and_input_dropout_follows_the_input():
@@ -171,6 +242,32 @@ def test_one_cycle_is_the_books_one_cycle_scheduler_step_for_step(iterations):
     rates = np.asarray(ours(steps))
     assert [rates[step] for step in steps[::997]] == [float(ours(int(step))) for step in steps[::997]]
     np.testing.assert_allclose(rates, [book(step) for step in steps], rtol=1e-5, atol=1e-9)  # float32
+
+
+def test_one_cycle_momentum_mirrors_the_rate_and_sgd_steps_with_it():
+    schedule = OneCycle(peak=0.05, total_steps=40)  # half = 17 steps, tail 6
+    momentum = np.asarray(schedule.momentum(np.arange(40), 0.95, 0.85))
+    assert momentum[0] == pytest.approx(0.95) and momentum[17] == pytest.approx(0.85)
+    assert momentum[34:] == pytest.approx([0.95] * 6) and np.all(np.diff(momentum[:18]) < 0)
+    assert np.all(np.diff(momentum[17:35]) > 0)
+
+    optimizer = build_optimizer(config("optimizer=momentum", "optimizer.learning_rate=0.05", "schedule=one_cycle",
+                                       "schedule.cycle_momentum=true"), total_steps=40)
+    assert type(optimizer) is OneCycleSGD and optimizer.get_config()["max_momentum"] == 0.95
+    weight, gradient = keras.Variable([1.0, -2.0]), keras.ops.convert_to_tensor([0.5, 0.25])
+    expected, velocity = np.array([1.0, -2.0]), np.zeros(2)
+    rates = np.asarray(schedule(np.arange(40)))
+    for step in range(40):  # SGD with momentum, by hand: v <- mu_t v - lr_t g; w <- w + v
+        optimizer.apply_gradients([(gradient, weight)])
+        velocity = momentum[step] * velocity - rates[step] * np.array([0.5, 0.25])
+        expected = expected + velocity
+    np.testing.assert_allclose(np.asarray(weight), expected, rtol=1e-5)
+    # Off by default: the book's 1cycle runs keep Keras's own SGD and its fixed momentum.
+    assert type(build_optimizer(config("optimizer=momentum", "schedule=one_cycle"), 40)) is keras.optimizers.SGD
+    with pytest.raises(ConfigError, match="schedule.cycle_momentum=true cycles SGD's momentum, but optimizer=adam"):
+        config("optimizer=adam", "schedule=one_cycle", "schedule.cycle_momentum=true")
+    with pytest.raises(ConfigError, match="schedule.min_momentum=0.99 is above schedule.max_momentum=0.95; swap"):
+        config("schedule=one_cycle", "schedule.cycle_momentum=true", "schedule.min_momentum=0.99")
 
 
 def test_gradient_diagnostics_measure_without_changing_the_model():
