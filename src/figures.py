@@ -73,6 +73,23 @@ def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path
     return save(figure, path)
 
 
+def lr_vs_loss(rates: list[float], losses: list[float], smoothed: list[float], suggestion: float,
+               divergence: float | None, path: Path) -> Path:
+    """The learning-rate finder's curve, as the notebook's plot_lr_vs_loss draws it (log rate axis,
+    the lowest loss as a line, losses cut at the first plus the lowest), with its two rates marked."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(rates, losses, color="tab:blue", alpha=0.35, label="batch loss")
+    axis.plot(rates, smoothed, color="tab:blue", label="smoothed")
+    axis.hlines(min(smoothed), min(rates), max(rates), color="k", linewidth=0.8)
+    axis.axvline(suggestion, color="tab:green", linestyle="--", label=f"suggested {suggestion:.3g}")
+    if divergence is not None:
+        axis.axvline(divergence, color="tab:red", linestyle=":", label=f"loss back above its start {divergence:.3g}")
+    axis.set(xscale="log", xlabel="learning rate", ylabel="loss", ylim=(0, losses[0] + min(losses)))
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return save(figure, path)
+
+
 def save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
