@@ -5,11 +5,11 @@
     python -m src.lr_finder experiment=cifar10_mlp +variant/cifar10_mlp=one_cycle
 
 Hydra overrides work as for src.train. One epoch (--epochs) trains with the learning rate grown
-exponentially from --min-rate to --max-rate, one step at a time, as the notebook's
-find_learning_rate() does; the loss of each batch is plotted against its rate on a log axis. The
-suggested rate is the bottom of the (smoothed) curve, where the notebook says 1cycle's peak
-belongs; the divergence rate is the first one past it where the loss is back above where it
-started. The run (experiment `lr_finder`) holds both, the curve as metrics, and the plot.
+exponentially from --min-rate to --max-rate (the notebook's defaults: 1e-4 and 1), one step at a
+time, as its find_learning_rate() does; the loss of each batch is plotted against its rate on a
+log axis. The suggested rate is the bottom of the (smoothed) curve, where the notebook says
+1cycle's peak belongs; the divergence rate is the first one past it where the loss is back above
+where it started. The run (experiment `lr_finder`) holds both, the curve as metrics, and the plot.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from hydra.errors import HydraException
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -27,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from src.cli import one_line_errors
 from src.config import flatten, validate
 from src.errors import ConfigError, LabError
-from src.paths import REPO, in_repo
+from src.paths import REPO, in_repo, write_json
 from src.train import error_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,8 +62,6 @@ class Curve:
 def smooth(losses: list[float], share: float = WINDOW) -> list[float]:
     """A centred running mean over `share` of the steps: no lag, so its bottom is where the curve's is
     (a trailing average would place it later, at a higher rate)."""
-    import numpy as np  # noqa: PLC0415
-
     width = max(1, int(len(losses) * share)) | 1  # odd: centred
     padded = np.pad(np.asarray(losses, dtype=float), width // 2, mode="edge")
     return np.convolve(padded, np.ones(width) / width, mode="valid").tolist()
@@ -153,9 +152,10 @@ def compose_config(overrides: list[str]) -> dict:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.lr_finder", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--min-rate", type=float, default=1e-5, help="the first step's rate (default 1e-5)")
-    parser.add_argument("--max-rate", type=float, default=10.0, help="the last step's rate (default 10)")
+    parser.add_argument("--min-rate", type=float, default=1e-4, help="the first step's rate (default 1e-4)")
+    parser.add_argument("--max-rate", type=float, default=1.0, help="the last step's rate (default 1)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs the sweep spans (default 1)")
+    parser.add_argument("--output", type=Path, help="also write the rates found to this JSON file (a DVC stage's)")
     options, overrides = parser.parse_known_args(argv)
     if not 0 < options.min_rate < options.max_rate or options.epochs < 1:
         raise ConfigError(f"--min-rate {options.min_rate}, --max-rate {options.max_rate}, --epochs {options.epochs}: "
@@ -169,8 +169,14 @@ def main(argv: list[str]) -> None:
     curve = sweep(config, data, options.min_rate, options.max_rate, options.epochs)
     if len(curve.rates) < 2:
         raise ConfigError(f"the loss was not finite from the first steps at --min-rate {options.min_rate}; lower it")
-    run_id = record(config, curve, vars(options))
+    run_id = record(config, curve, {key: value for key, value in vars(options).items() if key != "output"})
     divergence = curve.divergence()
+    if options.output:
+        write_json(in_repo(options.output), {
+            "overrides": overrides, "configured_learning_rate": config["optimizer"]["learning_rate"],
+            "suggested_learning_rate": curve.suggestion(), "divergence_learning_rate": divergence,
+            "min_rate": options.min_rate, "max_rate": options.max_rate, "epochs": options.epochs,
+            "steps": len(curve.rates), "run_id": run_id})
     climbs = f"climbs back above its start at {divergence:.3g}" if divergence else "never climbs back above its start"
     print(f"suggested learning rate {curve.suggestion():.3g} (the bottom of the curve); the loss {climbs} "
           f"(MLflow run {run_id}, experiment {EXPERIMENT})")

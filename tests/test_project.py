@@ -61,6 +61,14 @@ def test_every_module_is_result_code_or_declared_wiring():
     assert not computing & WIRING
 
 
+def test_the_lr_finder_stage_depends_on_the_finder_and_the_code_it_trains_with():
+    from src.tracking import RESULT_CODE
+
+    deps = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["lr_finder"]["deps"])
+    assert {"src/lr_finder.py", *RESULT_CODE["mlp"], "src/optim.py", "src/fitting.py", "src/data/load.py",
+            "conf/model/mlp.yaml", "conf/schedule", "conf/experiment/cifar10_mlp.yaml"} <= deps
+
+
 @pytest.mark.parametrize(("stage", "family"), [("experiment", "mlp"), ("pretrained", "mobilenet_v2")])
 def test_experiment_stages_depend_on_exactly_the_result_code_of_their_family(stage, family):
     from src.tracking import RESULT_CODE

@@ -87,6 +87,20 @@ def test_the_report_sets_ours_beside_the_published_numbers(runs_dir):
     assert rows[0] == "epoch,adam,sgd" and len(rows) == 4
 
 
+def test_the_learning_rate_finders_suggestion_is_set_beside_the_rate_the_experiment_uses(runs_dir):
+    found = {"overrides": ["experiment=optimizers", "seed=42"], "configured_learning_rate": 0.05,
+             "suggested_learning_rate": 0.2, "divergence_learning_rate": 0.61, "min_rate": 0.0001, "max_rate": 1.0,
+             "epochs": 1, "steps": 352, "run_id": "r"}
+    (runs_dir / "runs" / "lr_finder").mkdir()
+    (runs_dir / "runs" / "lr_finder" / "optimizers_one_cycle.json").write_text(json.dumps(found))
+    make_report(runs_dir)
+    optimizers = (runs_dir / "reports" / "results.md").read_text().split("## optimizers")[1].split("## ")[0]
+    assert ("Learning-rate finder (`dvc repro lr_finder`: experiment=optimizers seed=42, one epoch from 0.0001 to 1 "
+            "over 352 steps): it suggests a peak of 0.2 (the bottom of the curve; the loss is back above its start at "
+            "0.61), the book's 1cycle peak is 0.05: they differ by a factor of 4.0; the experiment keeps the book's."
+            ) in optimizers
+
+
 def test_a_missing_summary_names_the_stage_to_run_and_keeps_the_last_report(runs_dir):
     make_report(runs_dir)
     before = (runs_dir / "reports" / "results.md").read_text()

@@ -128,10 +128,35 @@ def notes(summary: dict) -> list[str]:
             lines.append(f"B on A minus B from scratch, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± "
                          f"{gap.std * 100:.2f} pts over {gap.n} seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). "
                          f"Per seed the difference ranges from {min_max(arms, 'test_accuracy')}.")
+    for found in summary.get("lr_finder", []):
+        lines.append(lr_finder_note(found))
     for run in summary.get("source_runs", {}).values():
         lines.append(f"Source model A (its own run, seed {run['seed']}): test accuracy {run['test_accuracy']:.4f} "
                      f"on its 8 classes after {run['epochs_run']} epochs.")
     return [paragraph for line in lines for paragraph in (line, "")]
+
+
+def lr_finder_note(found: dict) -> str:
+    """The learning-rate finder's suggestion beside the rate the experiment uses (the book's)."""
+    ours, book = found["suggested_learning_rate"], found["configured_learning_rate"]
+    ratio = max(ours, book) / min(ours, book)
+    agree = (f"the two agree within a factor of {ratio:.1f}" if ratio <= 2 else
+             f"they differ by a factor of {ratio:.1f}; the experiment keeps the book's")
+    divergence = found["divergence_learning_rate"]
+    shoots = f"the loss is back above its start at {divergence:.3g}" if divergence else "the loss never climbs back"
+    return (f"Learning-rate finder (`dvc repro lr_finder`: {' '.join(found['overrides'])}, one epoch from "
+            f"{found['min_rate']:g} to {found['max_rate']:g} over {found['steps']} steps): it suggests a peak of "
+            f"{ours:.3g} (the bottom of the curve; {shoots}), the book's 1cycle peak is {book:g}: {agree}.")
+
+
+def lr_finder_results(folder: Path) -> dict[str, list[dict]]:
+    """runs/lr_finder/*.json (the lr_finder stage's), by the experiment their overrides name."""
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        experiment = next((o.split("=", 1)[1] for o in result["overrides"] if o.startswith("experiment=")), None)
+        found.setdefault(experiment, []).append(result)
+    return found
 
 
 def min_max(arms: dict, metric: str) -> str:
@@ -240,6 +265,9 @@ def main(argv: list[str]) -> None:
     experiments = block(load_params(args.params), "experiments", source=args.params)
     names = [*experiments["datasets"], *experiments.get("pretrained", {})]
     summaries = load_summaries(args.runs, names)
+    for name, found in lr_finder_results(args.runs / "lr_finder").items():
+        if name in summaries:
+            summaries[name]["lr_finder"] = found
     published = yaml.safe_load(args.published.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     build(summaries, published, args.out, data_sources(args.prepared))
