@@ -58,6 +58,10 @@ class Curve:
         return next((rate for rate, loss in zip(self.rates[self.bottom:], self.smoothed[self.bottom:], strict=True)
                      if loss > start), None)
 
+    def found(self) -> dict[str, float | None]:
+        """Both rates, under the names the MLflow run, the stage's JSON and the report use."""
+        return {"suggested_learning_rate": self.suggestion(), "divergence_learning_rate": self.divergence()}
+
 
 def smooth(losses: list[float], share: float = WINDOW) -> list[float]:
     """A centred running mean over `share` of the steps: no lag, so its bottom is where the curve's is
@@ -112,8 +116,8 @@ def sweep(config: dict, data, min_rate: float, max_rate: float, epochs: int) -> 
     return Curve([min_rate * factor**step for step in range(len(finite))], finite, smooth(finite))
 
 
-def record(config: dict, curve: Curve, settings: dict) -> str:
-    """The sweep as an MLflow run of experiment lr_finder: settings, curve, suggestion and plot."""
+def record(config: dict, curve: Curve, found: dict, settings: dict) -> str:
+    """The sweep as an MLflow run of experiment lr_finder: settings, curve, the rates found and plot."""
     from src import figures, tracking  # noqa: PLC0415
 
     client = tracking.connect(config["tracking"])
@@ -124,13 +128,10 @@ def record(config: dict, curve: Curve, settings: dict) -> str:
     sink = tracking.MetricSink(client, run_id)
     for step, (rate, loss, smoothed) in enumerate(zip(curve.rates, curve.losses, curve.smoothed, strict=True)):
         sink(step, {"lr_finder_rate": rate, "lr_finder_loss": loss, "lr_finder_smoothed_loss": smoothed})
-    found = {"suggested_learning_rate": curve.suggestion()}
-    if (divergence := curve.divergence()) is not None:
-        found["divergence_learning_rate"] = divergence
-    sink(len(curve.rates), found)
+    sink(len(curve.rates), {key: rate for key, rate in found.items() if rate is not None})
     with tempfile.TemporaryDirectory() as folder:
-        plot = figures.lr_vs_loss(curve.rates, curve.losses, curve.smoothed, curve.suggestion(), divergence,
-                                  Path(folder) / "lr_vs_loss.png")
+        plot = figures.lr_vs_loss(curve.rates, curve.losses, curve.smoothed, found["suggested_learning_rate"],
+                                  found["divergence_learning_rate"], Path(folder) / "lr_vs_loss.png")
         tracking.log_artifact(client, run_id, plot, "figures")
     tracking.end_run(client, run_id, "FINISHED")
     return run_id
@@ -169,17 +170,17 @@ def main(argv: list[str]) -> None:
     curve = sweep(config, data, options.min_rate, options.max_rate, options.epochs)
     if len(curve.rates) < 2:
         raise ConfigError(f"the loss was not finite from the first steps at --min-rate {options.min_rate}; lower it")
-    run_id = record(config, curve, {key: value for key, value in vars(options).items() if key != "output"})
-    divergence = curve.divergence()
+    found = curve.found()
+    run_id = record(config, curve, found, {key: value for key, value in vars(options).items() if key != "output"})
     if options.output:
         write_json(in_repo(options.output), {
-            "overrides": overrides, "configured_learning_rate": config["optimizer"]["learning_rate"],
-            "suggested_learning_rate": curve.suggestion(), "divergence_learning_rate": divergence,
+            "overrides": overrides, "configured_learning_rate": config["optimizer"]["learning_rate"], **found,
             "min_rate": options.min_rate, "max_rate": options.max_rate, "epochs": options.epochs,
             "steps": len(curve.rates), "run_id": run_id})
+    divergence = found["divergence_learning_rate"]
     climbs = f"climbs back above its start at {divergence:.3g}" if divergence else "never climbs back above its start"
-    print(f"suggested learning rate {curve.suggestion():.3g} (the bottom of the curve); the loss {climbs} "
-          f"(MLflow run {run_id}, experiment {EXPERIMENT})")
+    print(f"suggested learning rate {found['suggested_learning_rate']:.3g} (the bottom of the curve); the loss "
+          f"{climbs} (MLflow run {run_id}, experiment {EXPERIMENT})")
 
 
 if __name__ == "__main__":
