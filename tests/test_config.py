@@ -60,6 +60,28 @@ def test_every_group_option_composes_and_validates(compose_config, group, option
     validate(compose_config(f"{group}={option}", *NEEDS.get((group, option), ())))
 
 
+# The chapter's two summary tables (Table 11-3, Table 11-4) as the values each preset sets.
+PRESETS = {
+    "deep_default": {"model.kernel_initializer": "he_normal", "model.activation": "swish",
+                     "model.batch_norm": "before", "optimizer.nesterov": True, "schedule.name": "reduce_lr_on_plateau",
+                     "early_stopping.patience": 10, "data.scale": "standard"},
+    "self_normalizing": {"model.kernel_initializer": "lecun_normal", "model.activation": "selu",
+                         "model.batch_norm": "none", "optimizer.nesterov": True,
+                         "schedule.name": "reduce_lr_on_plateau", "early_stopping.patience": 10,
+                         "data.scale": "standard"},
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_sets_its_guideline_table_and_yields_to_the_command_line(compose_config, preset):
+    config = validate(compose_config(f"preset={preset}", "data=cifar10", "model.depth=20"))
+    for key, value in PRESETS[preset].items():
+        assert OmegaConf.select(OmegaConf.create(config), key) == value, key
+    assert config["data"]["name"] == "cifar10" and config["model"]["depth"] == 20
+    assert validate(compose_config(f"preset={preset}", "optimizer=adamw"))["optimizer"]["name"] == "adamw"
+    assert validate(compose_config(f"preset={preset}", "early_stopping.patience=3"))["early_stopping"]["patience"] == 3
+
+
 @pytest.mark.parametrize("path", [CONF / group / f"{option}.yaml" for group, option in OPTIONS],
                          ids=[f"{group}/{option}" for group, option in OPTIONS])
 def test_every_group_file_opens_with_a_header_comment(path):

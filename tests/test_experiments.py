@@ -30,7 +30,8 @@ SHRUNK = {"seed": "42", "epochs": "1", "data.train_size": "300", "tracking.log_m
 # 20-layer Nadam job's 1-epoch fit against 0.6 s for the epoch itself); transfer needs an epoch after
 # the frozen one, its source model one epoch, and that model logged (the jobs load it from MLflow).
 EXTRA_SHRINK = {"init_activation": {"model.depth": "5"}, "deep_selu_vs_relu": {"model.depth": "5"},
-                "cifar10_mlp": {"model.depth": "5"},
+                "cifar10_mlp": {"model.depth": "5"}, "activations": {"model.depth": "5"},
+                "guidelines": {"model.depth": "5"}, "guidelines_cifar10": {"model.depth": "5"},
                 "transfer_ab": {"epochs": "2", "transfer.freeze_epochs": "1", "transfer.source_epochs": "1",
                                 "tracking.log_model": "true"}}
 EXTRA_RUNS = {"transfer_ab": 1}  # the source model, trained once as its own child run

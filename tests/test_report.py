@@ -3,6 +3,7 @@ leaving the previous one whole."""
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
@@ -132,6 +133,22 @@ def test_the_gradient_figure_has_one_panel_per_activation(tmp_path):
     path = gradients_by_depth(summary("init_activation", arms), tmp_path / "gradients.png")
     assert path.stat().st_size > 10_000
     assert gradients_by_depth(summary("optimizers", {"adam": [run(42, 0.8)]}), tmp_path / "none.png") is None
+
+
+def test_the_activations_gradient_figure_has_a_line_per_arm_before_and_after_training(tmp_path):
+    from src.report.plots import gradients_by_arm, layer_norms
+
+    def with_norms(seed, scale):
+        layers = {f"hidden_{i:02d}": scale ** i for i in range(1, 11)} | {"output": 1.0}
+        return {**run(seed, 0.5), "grad_norm": {"initial": layers, "final": {k: v / 2 for k, v in layers.items()}}}
+
+    arms = {"relu": [with_norms(42, 0.5), with_norms(43, 2.0)], "selu": [with_norms(42, 1.0)]}
+    layers, relu = layer_norms(arms["relu"], "initial")
+    assert layers[0] == "hidden_01" and layers[-1] == "output"
+    assert relu[:10] == pytest.approx(np.ones(10))  # geometric mean of 0.5**i and 2**i
+    assert layer_norms(arms["relu"], "final")[1][0] == pytest.approx(0.5)
+    assert gradients_by_arm(summary("activations", arms), tmp_path / "gradients.png").stat().st_size > 10_000
+    assert gradients_by_arm(summary("optimizers", {"adam": [run(42, 0.8)]}), tmp_path / "none.png") is None
 
 
 def comparison(value: float, ours: Spread | None, metric: str = "val_accuracy", note: str | None = None) -> Comparison:

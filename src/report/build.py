@@ -30,6 +30,8 @@ OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
 EXTRA_METRICS = {"regularization": ("test_mc_dropout_accuracy",),
                  "seed_notebook": ("val_accuracy", "test_loss", "val_loss"),
                  "cifar10_mlp": ("val_mc_dropout_accuracy", "test_mc_dropout_accuracy")}
+# The gradient-norm-by-depth figure of the experiments that are about it.
+GRADIENT_FIGURES = {"init_activation": plots.gradients_by_depth, "activations": plots.gradients_by_arm}
 # Curves exported as CSV for `dvc plots show`: (experiment, curve key).
 PLOTTED_CURVES = (("optimizers", "val_accuracy"), ("schedules", "val_accuracy"), ("schedules", "learning_rate"))
 
@@ -78,7 +80,7 @@ def draw(summary: dict, metric: str, book: dict, folder: Path) -> list[str]:
     drawn = [plots.learning_curves(summary, folder / f"{name}_curves.png"),
              plots.comparison(summary, metric, book, folder / f"{name}_{metric}.png") if len(summary["arms"]) > 1
              else None,
-             plots.gradients_by_depth(summary, folder / f"{name}_gradients.png") if name == "init_activation" else None]
+             GRADIENT_FIGURES[name](summary, folder / f"{name}_gradients.png") if name in GRADIENT_FIGURES else None]
     return [path.name for path in drawn if path is not None]
 
 

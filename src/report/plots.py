@@ -49,22 +49,30 @@ def depth_index(layer: str) -> int:
     return int(match.group(1)) if match else 10**6  # "output" last
 
 
+def layer_norms(runs: list[dict], when: str) -> tuple[list[str], np.ndarray] | None:
+    """Each layer's gradient norm (input side first) at `when` ("initial" or "final"), the
+    geometric mean over seeds; None where the runs logged none."""
+    norms = [run["grad_norm"][when] for run in runs if "grad_norm" in run]
+    if not norms:
+        return None
+    layers = sorted(norms[0], key=depth_index)
+    # A norm of 0 (underflow: sigmoid's vanishing gradients) has no place on a log axis: left out.
+    values = np.array([[norm.get(layer) or np.nan for layer in layers] for norm in norms], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer that underflowed in every seed: NaN
+        return layers, np.exp(np.nanmean(np.log(values), axis=0))
+
+
 def gradients_by_depth(summary: dict, path: Path) -> Path | None:
     """Gradient norm of each layer at initialisation against depth: one panel per activation,
     one line per initialiser (arms labelled "activation, initializer"), geometric mean over seeds."""
     panels: dict[str, dict[str, np.ndarray]] = {}
     layers: list[str] = []
     for label, runs in summary["arms"].items():
-        norms = [run["grad_norm"]["initial"] for run in runs if "grad_norm" in run]
-        if not norms:
-            continue
-        layers = sorted(norms[0], key=depth_index)
-        # A norm of 0 (underflow: sigmoid's vanishing gradients) has no place on a log axis: left out.
-        values = np.array([[norm.get(layer) or np.nan for layer in layers] for norm in norms], dtype=float)
-        activation, _, initializer = label.partition(", ")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a layer that underflowed in every seed: NaN
-            panels.setdefault(activation, {})[initializer or activation] = np.exp(np.nanmean(np.log(values), axis=0))
+        if found := layer_norms(runs, "initial"):
+            layers, values = found
+            activation, _, initializer = label.partition(", ")
+            panels.setdefault(activation, {})[initializer or activation] = values
     if not panels:
         return None
     columns = 4
@@ -81,6 +89,26 @@ def gradients_by_depth(summary: dict, path: Path) -> Path | None:
         axis.set_visible(False)
     axes[0][0].set_ylabel("gradient norm at initialisation")
     figure.suptitle(f"{summary['experiment']}: per-layer gradient norm before training")
+    return save(figure, path)
+
+
+def gradients_by_arm(summary: dict, path: Path) -> Path | None:
+    """Gradient norm of each layer against depth, one line per arm (geometric mean over seeds):
+    before training and after the last epoch, side by side."""
+    moments = {"initial": "at initialisation", "final": "after the last epoch"}
+    lines = {when: {label: found for label, runs in summary["arms"].items() if (found := layer_norms(runs, when))}
+             for when in moments}
+    if not lines["initial"]:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    for axis, (when, title) in zip(axes, moments.items(), strict=True):
+        for label, (layers, values) in lines[when].items():
+            axis.plot(np.arange(1, len(layers) + 1), values, label=label)
+        axis.set(yscale="log", title=title, xlabel="layer (input side first, output last)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("gradient norm (geometric mean over seeds)")
+    axes[1].legend(fontsize=8, ncol=2)
+    figure.suptitle(f"{summary['experiment']}: per-layer gradient norm")
     return save(figure, path)
 
 
