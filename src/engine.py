@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from src import calibration
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, steps_per_epoch
 from src.fitting import Phase, Training, configure_runtime, steps_per_call
@@ -88,32 +89,46 @@ def diagnostics(config: dict, data: Prepared, sink) -> cbs.GradientDiagnostics:
     return cbs.GradientDiagnostics(images.numpy(), labels.numpy(), sink)
 
 
-def evaluate(model: keras.Model, pipelines: dict, config: dict) -> dict[str, float]:
+def evaluate(model: keras.Model, pipelines: dict, config: dict) -> dict:
     """Test loss and accuracy; the validation split once more, with the weights training ended
     with (the best epoch's when early stopping restores them: the book's model.evaluate(X_valid));
     with mc_dropout_samples, MC-dropout accuracy on both (the book reports test for Fashion-MNIST,
-    validation for CIFAR-10)."""
+    validation for CIFAR-10) and, on test, the calibration of the deterministic and the MC
+    predictions (src/calibration.py: metrics, and their record under "calibration")."""
     scores = model.evaluate(pipelines["test"], verbose=0, return_dict=True)
     results = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
     samples = config["mc_dropout_samples"]
     if samples > 0:  # test first: its passes draw the same masks as before validation was added
-        results["test_mc_dropout_accuracy"] = mc_dropout_accuracy(model, pipelines["test"], samples)
-        results["val_mc_dropout_accuracy"] = mc_dropout_accuracy(model, pipelines["valid"], samples)
+        images, labels = split_arrays(pipelines["test"])
+        passes = mc_dropout_passes(model, images, samples)
+        results["test_mc_dropout_accuracy"] = accuracy(passes.mean(axis=0), labels)
+        metrics, results["calibration"] = calibration.compare(predict(model, images), passes, labels)
+        results.update(metrics)  # the deterministic pass draws no mask: validation's passes stay as they were
+        images, labels = split_arrays(pipelines["valid"])
+        results["val_mc_dropout_accuracy"] = accuracy(mc_dropout_passes(model, images, samples).mean(axis=0), labels)
     scores = model.evaluate(pipelines["valid"], verbose=0, return_dict=True)
     return {**results, "final_val_loss": float(scores["loss"]), "final_val_accuracy": float(scores["accuracy"])}
 
 
-def mc_dropout_accuracy(model: keras.Model, split, samples: int) -> float:
-    """Accuracy of the class probabilities averaged over `samples` stochastic passes (MC dropout)."""
+def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:
+    """A split's pipeline as two arrays: the images as the model sees them, and the labels."""
     batches = [(x.numpy(), y.numpy()) for x, y in split]
-    images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
-    probabilities = mc_dropout_probabilities(model, images, samples)
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     predicted = (probabilities[:, 0] > 0.5) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
     return float(np.mean(predicted == labels))
 
 
-def mc_dropout_probabilities(model: keras.Model, images: np.ndarray, samples: int) -> np.ndarray:
-    """The class probabilities of `samples` stochastic passes over images, averaged (MC dropout).
+def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The class probabilities of one deterministic pass (dropout off), in MC_DROPOUT_BATCH chunks."""
+    return batched(tf.function(lambda batch: model(batch, training=False)), images)
+
+
+def mc_dropout_passes(model: keras.Model, images: np.ndarray, samples: int) -> np.ndarray:
+    """The class probabilities of `samples` stochastic passes over images (samples x images x classes);
+    their mean over passes is MC dropout's prediction.
 
     One traced call per MC_DROPOUT_BATCH images, as the book's whole-test-set calls: Keras's
     predict, called once a pass, traced its function again each time (or, kept, re-read the
@@ -121,5 +136,9 @@ def mc_dropout_probabilities(model: keras.Model, images: np.ndarray, samples: in
     """
     sampler = mc_dropout_model(model)  # its dropout layers sample at inference
     sample = tf.function(lambda batch: sampler(batch, training=False))
-    batches = [tf.constant(images[start:start + MC_DROPOUT_BATCH]) for start in range(0, len(images), MC_DROPOUT_BATCH)]
-    return np.mean([np.concatenate([sample(batch).numpy() for batch in batches]) for _ in range(samples)], axis=0)
+    return np.stack([batched(sample, images) for _ in range(samples)])
+
+
+def batched(call, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([call(tf.constant(images[start:start + MC_DROPOUT_BATCH])).numpy()
+                           for start in range(0, len(images), MC_DROPOUT_BATCH)])

@@ -156,7 +156,8 @@ def check_pretrained(config: dict) -> None:
 
 
 FAMILIES = {
-    "mlp": Family(MLP, check_mlp, engine="src.engine", code=("src/engine.py", "src/models.py"), gradient_figure=True),
+    "mlp": Family(MLP, check_mlp, engine="src.engine", code=("src/engine.py", "src/models.py", "src/calibration.py"),
+                  gradient_figure=True),
     "mobilenet_v2": Family(MOBILENET_V2, check_pretrained, engine="src.pretrained.engine", code=("src/pretrained",),
                            pretrained_base=True),
 }

@@ -9,6 +9,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from src.calibration import table_error
+
 History = dict[str, list[tuple[int, float]]]
 
 
@@ -87,6 +89,30 @@ def lr_vs_loss(rates: list[float], losses: list[float], smoothed: list[float], s
     axis.set(xscale="log", xlabel="learning rate", ylabel="loss", ylim=(0, losses[0] + min(losses)))
     axis.legend()
     axis.grid(alpha=0.3)
+    return save(figure, path)
+
+
+def reliability_diagram(record: dict, path: Path, title: str = "test set") -> Path:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration) and each bin's share
+    of the images, for each kind of prediction in record["reliability"] (src/calibration.py's tables)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot([0, 1], [0, 1], color="black", linewidth=0.8, label="perfectly calibrated")
+    edges = np.asarray(next(iter(record["reliability"].values()))["edges"])
+    width = (edges[1] - edges[0]) / (len(record["reliability"]) + 1)
+    for offset, (kind, table) in enumerate(record["reliability"].items()):
+        shown = [(c, a) for c, a in zip(table["confidence"], table["accuracy"], strict=True) if c is not None]
+        name = kind.replace("_", " ")
+        left.plot(*zip(*shown, strict=True), marker="o", label=f"{name}: ECE {table_error(table):.4f}")
+        counts = np.asarray(table["count"])
+        right.bar(edges[:-1] + width * (offset + 0.5), counts / counts.sum(), width=width, align="edge",
+                  label=name)
+    left.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class probability)", ylabel="accuracy",
+             title=f"reliability, {title}")
+    right.set(xlim=(0, 1), xlabel="confidence (top class probability)", ylabel="share of images", yscale="log",
+              title="images per confidence bin")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     return save(figure, path)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from src import figures, tracking
+from src import calibration, figures, tracking
 from src.config import flatten, run_identity, source_config, validate
 from src.data.load import reshape_splits
 from src.data.shared import prepared_once
@@ -141,18 +141,20 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
     engine = engine_for(config["model"]["name"])
     result = engine.fit_and_evaluate(config, data, state, sink, folder, source)
     model, example, confusion = result.pop("model"), result.pop("example"), result.pop("confusion_matrix", None)
+    calibrated = result.pop("calibration", None)
     sink(result["epochs_run"], result)
     if result["diverged_at_epoch"]:
         tracking.set_tag(client, run_id, f"{tracking.TAG}diverged",
                          f"loss became NaN at epoch {result['diverged_at_epoch']}")
     elif config["tracking"]["log_model"]:  # a diverged network is not worth keeping
         tracking.log_model(model, example)
-    record_artifacts(config, data, client, run_id, folder, confusion)
+    record_artifacts(config, data, client, run_id, folder, confusion, calibrated)
     return result
 
 
-def record_artifacts(config: dict, data, client, run_id: str, folder: Path, confusion) -> None:
-    """The resolved config, Hydra's record of the job, the confusion matrix and (tracking.log_figures) the figures."""
+def record_artifacts(config: dict, data, client, run_id: str, folder: Path, confusion, calibrated) -> None:
+    """The resolved config, Hydra's record of the job, the confusion matrix, MC dropout's calibration
+    record and (tracking.log_figures) the figures."""
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
     tracking.log_artifact(client, run_id, folder / "config.yaml")
     if (folder / ".hydra").is_dir():
@@ -160,8 +162,13 @@ def record_artifacts(config: dict, data, client, run_id: str, folder: Path, conf
     if confusion is not None:
         tracking.log_dict(client, run_id, {"class_names": data.class_names, "rows_true_columns_predicted": confusion},
                           "confusion_matrix.json")
+    if calibrated is not None:
+        tracking.log_dict(client, run_id, {"class_names": data.class_names, **calibrated}, calibration.ARTIFACT)
     if config["tracking"]["log_figures"]:
         log_figures(config, data, client, run_id, folder, confusion)
+        if calibrated is not None:
+            tracking.log_artifact(client, run_id, figures.reliability_diagram(calibrated, folder / "reliability.png"),
+                                  "figures")
 
 
 def log_figures(config: dict, data, client, run_id: str, folder: Path, confusion) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -284,6 +285,12 @@ def log_artifacts(client: MlflowClient, run_id: str, local_folder: Path, folder:
 
 def log_dict(client: MlflowClient, run_id: str, value: dict, file: str) -> None:
     client.log_dict(run_id, value, file)
+
+
+def load_dict(client: MlflowClient, run_id: str, file: str) -> dict:
+    """A JSON artifact of a run (log_dict's), read back."""
+    with tempfile.TemporaryDirectory() as folder:
+        return json.loads(Path(client.download_artifacts(run_id, file, folder)).read_text())
 
 
 def set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:

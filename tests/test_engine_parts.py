@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from src.callbacks import GradientDiagnostics
 from src.config import validate
 from src.data.load import load_prepared, reshape_splits
-from src.engine import MC_DROPOUT_BATCH, mc_dropout_probabilities
+from src.engine import MC_DROPOUT_BATCH, mc_dropout_passes, predict
 from src.errors import ConfigError
 from src.models import RReLU, build_mlp, kernel_layers, mc_dropout_model
 from src.optim import OneCycle, OneCycleSGD, build_optimizer, schedule_callbacks
@@ -165,15 +165,17 @@ def test_mc_dropout_samples_at_inference_and_keeps_the_weights():
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), sampler.get_weights(), strict=True))
 
 
-def test_mc_dropout_probabilities_average_a_new_mask_per_pass_over_every_batch():
+def test_mc_dropout_passes_draw_a_new_mask_per_pass_over_every_batch():
     model = build_mlp(config("model.dropout=0.5")["model"], (28, 28), 10)
     images = np.random.default_rng(0).random((MC_DROPOUT_BATCH + 10, 28, 28), dtype=np.float32)  # two batches
     keras.utils.set_random_seed(5)
-    one, averaged = mc_dropout_probabilities(model, images, 1), mc_dropout_probabilities(model, images, 50)
-    assert one.shape == averaged.shape == (len(images), 10) and np.allclose(averaged.sum(axis=1), 1, atol=1e-5)
-    assert not np.allclose(one, averaged)  # 50 passes with their own masks, in both batches
-    assert not np.allclose(one[-10:], averaged[-10:])
-    plain = keras.ops.convert_to_numpy(model(images))  # dropout off; the average of many masks comes closer to it
+    passes = mc_dropout_passes(model, images, 50)
+    assert passes.shape == (50, len(images), 10) and np.allclose(passes.sum(axis=2), 1, atol=1e-5)
+    one, averaged = passes[0], passes.mean(axis=0)
+    assert not np.allclose(one, passes[1])  # each pass its own masks, in both batches
+    assert not np.allclose(one[-10:], passes[1][-10:])
+    plain = predict(model, images)  # dropout off; the average of many masks comes closer to it
+    assert np.allclose(plain, keras.ops.convert_to_numpy(model(images)), atol=1e-6)
     assert np.abs(averaged - plain).mean() < np.abs(one - plain).mean()
 
 

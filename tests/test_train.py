@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from src.errors import TrackingError, TrainingError
 from src.job import train
+from src.tracking import load_dict
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,15 @@ def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, stor
     assert 0.3 < run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
     assert 0.3 < run.data.metrics["test_mc_dropout_accuracy"] <= 1
     assert 0.3 < run.data.metrics["val_mc_dropout_accuracy"] <= 1  # the book's exercise 8 scores MC on validation
+    # Calibration of both predictions on test: one deterministic pass's NLL is the test loss Keras reports.
+    metrics = run.data.metrics
+    assert metrics["test_nll"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    for score in ("nll", "brier", "ece"):
+        assert metrics[f"test_{score}"] >= 0 and metrics[f"test_mc_dropout_{score}"] >= 0, score
+    record = load_dict(client, run.info.run_id, "calibration.json")
+    assert record["samples"] == 3 and record["class_names"][9] == "Ankle boot"
+    assert sum(record["reliability"]["mc_dropout"]["count"]) == sum(record["reliability"]["deterministic"]["count"])
+    assert len(record["examples"]) == 3 and len(record["examples"][0]["mc_std"]) == 10
     # No early stopping here: the validation split evaluated after training is the last epoch's.
     last_epoch = history(client, run.info.run_id, "val_accuracy")[-1][1]
     assert run.data.metrics["final_val_accuracy"] == pytest.approx(last_epoch)
@@ -52,9 +62,9 @@ def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, stor
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["ch11.git_dirty"] in ("True", "False")
     assert run.inputs.dataset_inputs[0].dataset.name == "fashion_mnist"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "figures"} <= artifacts
+    assert {"config.yaml", "figures", "calibration.json"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "figures")} == {
-        "figures/learning_curves.png", "figures/gradients.png"}
+        "figures/learning_curves.png", "figures/gradients.png", "figures/reliability.png"}
 
     model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
     from src.data.load import load_prepared

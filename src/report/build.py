@@ -22,7 +22,7 @@ import yaml
 
 from src.params import block, load_params
 from src.paths import REPO
-from src.report import claims, fidelity, plots
+from src.report import claims, fidelity, plots, uncertainty
 from src.report.stats import arm_metric, paired_difference, spread, verdict
 
 OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
@@ -59,7 +59,8 @@ def build(summaries: dict[str, dict], published: dict, out: Path, data_sources: 
             book = {number["arm"]: number["value"] for number in reversed(fidelity.numbers(published, name))
                     if number["metric"] == metric}  # the section's column: the first number per arm
             figures = draw(summary, metric, book, staging / "figures")
-            sections.append(section(summary, metric, published.get(name) or {}, book, tolerance, figures))
+            sections.append(section(summary, metric, published.get(name) or {}, book, tolerance, figures)
+                            + uncertainty.block(summary, staging / "figures"))
             metrics[name] = experiment_metrics(summary, metric)
         rows = fidelity.comparisons(summaries, published)
         plots.fidelity(rows, tolerance, staging / "figures" / "fidelity.png")

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from src.calibration import ARTIFACT
 from src.cli import run_main
 from src.errors import ConfigError, TrackingError
 from src.paths import write_json
 
 # Final numbers kept per run; each logged once at the end (test_*) or per epoch (the rest: last value).
 FINAL = ("test_accuracy", "test_loss", "test_mc_dropout_accuracy", "val_mc_dropout_accuracy", "final_val_accuracy",
-         "final_val_loss", "val_accuracy", "val_loss", "accuracy", "loss")
+         "final_val_loss", "val_accuracy", "val_loss", "accuracy", "loss",
+         *(f"test_{kind}{score}" for kind in ("", "mc_dropout_") for score in ("nll", "brier", "ece")))
 CURVES = ("val_accuracy", "accuracy", "val_loss", "loss", "learning_rate")
 
 
@@ -71,6 +73,8 @@ def run_record(client, tracking, run, params: dict) -> dict:
         **{key: finite(metrics[key]) for key in FINAL if key in metrics},
         "curves": {key: [finite(value) for _, value in histories[key]] for key in CURVES if key in histories},
     }
+    if "test_ece" in metrics:  # MC dropout's calibration record: reliability tables and example images
+        record["calibration"] = tracking.load_dict(client, run.info.run_id, ARTIFACT)
     if "val_accuracy" in histories:
         record["best_val_accuracy"] = max((v for _, v in histories["val_accuracy"] if math.isfinite(v)), default=None)
     norms = {key.removeprefix("grad_norm/"): values for key, values in histories.items()
