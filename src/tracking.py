@@ -288,8 +288,8 @@ def log_dict(client: MlflowClient, run_id: str, value: dict, file: str) -> None:
 
 
 def load_dict(client: MlflowClient, run_id: str, file: str) -> dict:
-    """A JSON artifact of a run (log_dict's), read back."""
-    with tempfile.TemporaryDirectory() as folder:
+    """A JSON artifact of a run (log_dict's), read back (without MLflow's progress bar on stderr)."""
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stderr(io.StringIO()):
         return json.loads(Path(client.download_artifacts(run_id, file, folder)).read_text())
 
 

@@ -87,6 +87,9 @@ def test_the_report_block_shows_both_predictions_a_diagram_and_an_example(tmp_pa
     text = block(summary, tmp_path)
     assert "| dropout | deterministic | 0.5000 ± 0.0000 |" in text and "| dropout | MC dropout (10 passes) |" in text
     assert "| l2 |" not in text  # an arm without MC dropout has nothing to compare
+    # 0.9, 0.6, 0.5, 0.8 for 2 right of 4: over-confident by 20 points.
+    assert "| dropout | deterministic | 0.5000 ± 0.0000 | 1.0307 ± 0.0000 |" in text and "| +20.00 |" in text
+    assert "dropout: MC dropout against the deterministic pass: NLL " in text and "of 2 seeds lower)" in text
     assert "seed 42, test image 0 (a cat)" in text and "cat 0.90" in text
     assert (tmp_path / "regularization_dropout_reliability.png").stat().st_size > 10_000
     assert block({"experiment": "optimizers", "arms": {"adam": [{"seed": 42}]}}, tmp_path) == ""
