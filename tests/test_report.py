@@ -205,6 +205,16 @@ def test_the_seeds_claims_are_judged_from_the_runs_and_skipped_without_them():
     assert "sigmoid does not train with any of them" in text and "tanh trains better with he_normal" in text
     assert text.endswith("Verdict: not supported at this depth.")
 
+    activations = summary("activations", {"selu": arm(0.80), "relu": arm(0.70), "elu": arm(0.75)})
+    for run_ in activations["arms"]["relu"]:
+        run_["grad_norm"] = {"initial": {"hidden_01": 0.5, "hidden_02": 1.0, "output": 2.0}}
+    text = claims.relu_against_vanishing(activations)
+    assert "validation accuracy, mean over seeds): selu 0.8000, elu 0.7500, relu 0.7000" in text
+    assert "first hidden layer's gradient norm is 0.5 times the last hidden layer's" in text
+    assert text.endswith("Verdict: supported: ReLU with He initialisation trains the 50-layer network, though 2 of "
+                         "the family train it better (selu, elu).")
+    assert claims.relu_against_vanishing(summary("activations", {"selu": arm(0.8)})) is None
+
     mobilenet = summary("mobilenet_v2_cifar10", {"symmetric": arm(0.5), "scratch": arm(0.2),
                                                  "seed": arm(0.4, 30.0), "seed_mixed_float16": arm(0.4, 90.0)})
     assert "symmetric 0.5010 against scratch 0.2010" in claims.transfer_helps(mobilenet)

@@ -4,6 +4,7 @@ Every sentence with a number is computed here from the summaries, so it cannot g
 claim whose runs are missing says so instead of guessing.
 """
 
+from src.report.plots import layer_norms
 from src.report.stats import arm_metric, paired_difference
 
 SEED_NOTEBOOK = "../shared/seeds/000_3b9da6ec5cb55cad.txt"
@@ -13,6 +14,7 @@ CHAPTER_NOTES = "../shared/seeds/001_ca5e02447b9c98c2.txt"
 def section(summaries: dict[str, dict]) -> list[str]:
     paragraphs = [text for text in (bn_deficit(summaries.get("seed_notebook")),
                                     glorot_for_saturating(summaries.get("init_activation")),
+                                    relu_against_vanishing(summaries.get("activations")),
                                     transfer_helps(summaries.get("mobilenet_v2_cifar10")),
                                     mixed_float16_cost(summaries.get("mobilenet_v2_cifar10"))) if text]
     return ["## The seeds' claims, tested", "", *[line for text in paragraphs for line in (text, "")]]
@@ -64,6 +66,26 @@ def glorot_for_saturating(summary: dict | None) -> str | None:
     return (f"**\"glorot_uniform (Keras's default) is good for sigmoid/tanh\"** ({CHAPTER_NOTES}). On the 50-layer "
             "network of init_activation (1 epoch, validation accuracy): " + "; ".join(findings) +
             f". Verdict: {verdict}.")
+
+
+def relu_against_vanishing(summary: dict | None) -> str | None:
+    """The chapter notes' answer to vanishing gradients: "use ReLU" (with He initialisation)."""
+    if not summary or "relu" not in summary["arms"]:
+        return None
+    scores = {arm: mean(summary, arm, "val_accuracy") for arm in summary["arms"]}
+    ranking = sorted((arm for arm, score in scores.items() if score is not None), key=scores.get, reverse=True)
+    found = layer_norms(summary["arms"]["relu"], "initial")
+    ratio = (f"; at initialisation its first hidden layer's gradient norm is {found[1][0] / found[1][-2]:.2g} times "
+             "the last hidden layer's" if found and len(found[1]) > 2 else "")
+    trains = scores["relu"] >= 0.15  # chance is 0.10
+    better = ranking[:ranking.index("relu")]
+    verdict = ("not supported: ReLU does not train at this depth" if not trains else
+               "supported: ReLU with He initialisation trains the 50-layer network" +
+               (f", though {len(better)} of the family train it better ({', '.join(better)})" if better else
+                ", and better than the rest of the family"))
+    shown = ", ".join(f"{arm} {scores[arm]:.4f}" for arm in ranking)
+    return (f"**\"Use ReLU\" against vanishing gradients** ({CHAPTER_NOTES}). The 50-layer network of activations "
+            f"(SGD, 3 epochs, validation accuracy, mean over seeds): {shown}{ratio}. Verdict: {verdict}.")
 
 
 def transfer_helps(summary: dict | None) -> str | None:
