@@ -90,6 +90,6 @@ def test_the_report_block_shows_both_predictions_a_diagram_and_an_example(tmp_pa
     # 0.9, 0.6, 0.5, 0.8 for 2 right of 4: over-confident by 20 points.
     assert "| dropout | deterministic | 0.5000 ± 0.0000 | 1.0307 ± 0.0000 |" in text and "| +20.00 |" in text
     assert "dropout: MC dropout against the deterministic pass: NLL " in text and "of 2 seeds lower)" in text
-    assert "seed 42, test image 0 (a cat)" in text and "cat 0.90" in text
+    assert "seed 42, test image 0 (true class cat)" in text and "cat 0.90" in text
     assert (tmp_path / "regularization_dropout_reliability.png").stat().st_size > 10_000
     assert block({"experiment": "optimizers", "arms": {"adam": [{"seed": 42}]}}, tmp_path) == ""

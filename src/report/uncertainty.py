@@ -73,7 +73,7 @@ def example_line(arm: str, run: dict) -> str:
              if max(example["deterministic"][i], example["mc_mean"][i]) >= SHOWN]
     deterministic = ", ".join(f"{names[i]} {example['deterministic'][i]:.2f}" for i in shown)
     mc = ", ".join(f"{names[i]} {example['mc_mean'][i]:.2f} ± {example['mc_std'][i]:.2f}" for i in shown)
-    return (f"{arm}, seed {run['seed']}, test image {example['index']} (a {names[example['label']]}): one "
+    return (f"{arm}, seed {run['seed']}, test image {example['index']} (true class {names[example['label']]}): one "
             f"deterministic pass gives {deterministic}; MC dropout's mean ± std over {record['samples']} passes gives "
             f"{mc} (classes under {SHOWN:g} in both left out).")
 
