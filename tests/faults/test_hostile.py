@@ -38,7 +38,7 @@ HOSTILE = {  # override -> what the error line must name
     "name=/etc/ch11-escaped": "name=",
     "name=..": "name=",
     "experiment=../../../etc/passwd": "Could not find 'experiment/../../../etc/passwd'",
-    "experiment=no_such_experiment": "Available options in 'experiment': batchnorm",
+    "experiment=no_such_experiment": "Available options in 'experiment': activations, batchnorm",
     "data=../../../tmp/x": "data",
     # YAML and interpolation injection
     "name='!!python/object/apply:os.system [\"touch PWNED\"]'": "name=",
