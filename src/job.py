@@ -165,14 +165,12 @@ def record_artifacts(config: dict, data, client, run_id: str, folder: Path, conf
     if calibrated is not None:
         tracking.log_dict(client, run_id, {"class_names": data.class_names, **calibrated}, calibration.ARTIFACT)
     if config["tracking"]["log_figures"]:
-        log_figures(config, data, client, run_id, folder, confusion)
-        if calibrated is not None:
-            tracking.log_artifact(client, run_id, figures.reliability_diagram(calibrated, folder / "reliability.png"),
-                                  "figures")
+        log_figures(config, data, client, run_id, folder, confusion, calibrated)
 
 
-def log_figures(config: dict, data, client, run_id: str, folder: Path, confusion) -> None:
-    """Learning curves, the confusion matrix and (an MLP's diagnostics) gradients by depth, as PNGs."""
+def log_figures(config: dict, data, client, run_id: str, folder: Path, confusion, calibrated) -> None:
+    """Learning curves, the confusion matrix, (an MLP's diagnostics) gradients by depth and (MC dropout)
+    the reliability diagram, as PNGs."""
     history = tracking.metric_histories(client, run_id, ("loss", "accuracy", "val_", "learning_rate", "grad_norm/",
                                                          "act_std/"))
     tracking.log_artifact(client, run_id, figures.learning_curves(history, folder / "learning_curves.png"), "figures")
@@ -181,6 +179,9 @@ def log_figures(config: dict, data, client, run_id: str, folder: Path, confusion
                                                                        folder / "confusion_matrix.png"), "figures")
     if config["diagnostics"]["enabled"] and FAMILIES[config["model"]["name"]].gradient_figure:
         tracking.log_artifact(client, run_id, figures.gradients_by_depth(history, folder / "gradients.png"), "figures")
+    if calibrated is not None:
+        tracking.log_artifact(client, run_id, figures.reliability_diagram(calibrated, folder / "reliability.png"),
+                              "figures")
 
 
 def engine_for(model_name: str):
