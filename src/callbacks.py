@@ -46,9 +46,11 @@ class GradientDiagnostics(keras.callbacks.Callback):
     is put back, so measuring changes nothing in the run. Step 0 is the initialisation.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, sink: MetricSink):
+    def __init__(self, images: np.ndarray, targets: np.ndarray, sink: MetricSink,
+                 loss: keras.losses.Loss | None = None):
         super().__init__()
-        self.images, self.labels, self.sink = tf.constant(images), tf.constant(labels), sink
+        self.images, self.targets, self.sink = tf.constant(images), tf.constant(targets), sink
+        self.loss = loss  # None: the classifier's cross-entropy
         self.history: dict[int, dict[str, float]] = {}
 
     def set_model(self, model):
@@ -78,8 +80,8 @@ class GradientDiagnostics(keras.callbacks.Callback):
         with tf.GradientTape() as tape:
             *hidden, predictions = self.probe(self.images, training=True)
             binary = predictions.shape[-1] == 1  # model.output=sigmoid
-            loss = (keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy())(
-                self.labels, predictions)
+            classify = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
+            loss = (self.loss or classify)(self.targets, predictions)
             loss += tf.add_n(self.model.losses) if self.model.losses else 0.0
         gradients = tape.gradient(loss, kernels)
         values = {f"grad_norm/{layer.name}": tf.norm(g) for layer, g in zip(self.kernels, gradients, strict=True)}

@@ -43,6 +43,7 @@ CONF = REPO / "conf"
 GROUPS = ("data", "model", "optimizer", "clipping", "schedule", "tracking")  # conf/<group>/*.yaml
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+PRETEXT_TASKS = ("autoencoder", "rotation")  # tasks learnt without labels (src/pretext.py)
 CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
 # Keys that change where or how a run is recorded, not what it computes: left out of the hash.
 NOT_HASHED = ("name", "tracking", "force", "state_dir", "threads", "diagnostics")
@@ -87,8 +88,10 @@ LIMITS = {
     "steps_per_execution": integer(1, MAX_BATCH), "precision": choice(*PRECISIONS),
     "threads": optional(integer(1, 1024)), "early_stopping": {"patience": optional(integer(0, MAX_EPOCHS))},
     "on_nan": choice("fail", "record"), "mc_dropout_samples": integer(0, 10_000),
+    "task": choice("classify", *PRETEXT_TASKS),
     "diagnostics": {"batch_size": integer(1, MAX_BATCH)},
-    "transfer": {"source_classes": optional(int_list(low=0)), "source_epochs": integer(1, MAX_EPOCHS),
+    "transfer": {"source_classes": optional(int_list(low=0)), "pretrain": optional(choice(*PRETEXT_TASKS)),
+                 "source_epochs": integer(1, MAX_EPOCHS),
                  "source_seed": integer(0, MAX_SEED), "freeze_epochs": integer(0, MAX_EPOCHS)},
     "data": {"name": choice(*DATASETS), "scale": choice("none", "unit", "symmetric", "standard"),
              "resize": optional(int_list(length=2, high=MAX_PIXELS)), "train_size": optional(integer(1)),
@@ -221,7 +224,22 @@ def check_combinations(config: dict) -> None:
         if schedule["min_momentum"] > schedule["max_momentum"]:
             raise ConfigError(f"schedule.min_momentum={schedule['min_momentum']} is above schedule.max_momentum="
                               f"{schedule['max_momentum']}; swap them")
+    check_task(config)
     FAMILIES[config["model"]["name"]].check(config)
+
+
+def check_task(config: dict) -> None:
+    """One source per transfer, and a pretext job is a source itself."""
+    transfer, task = config["transfer"], config["task"]
+    if transfer["pretrain"] and transfer["source_classes"]:
+        raise ConfigError(f"transfer.pretrain={transfer['pretrain']} and transfer.source_classes="
+                          f"{transfer['source_classes']} name two sources for the same layers; set one to null")
+    if task != "classify" and (transfer["pretrain"] or transfer["source_classes"]):
+        raise ConfigError(f"task={task} trains a source model itself; set transfer.pretrain=null and "
+                          "transfer.source_classes=null (or task=classify to reuse one)")
+    if task == "autoencoder" and config["mc_dropout_samples"] > 0:
+        raise ConfigError("mc_dropout_samples averages class probabilities, which task=autoencoder has none of; "
+                          "set mc_dropout_samples=0")
 
 
 def config_hash(config: dict) -> str:
@@ -238,20 +256,29 @@ def run_identity(config: dict, data_hash: str, code: str) -> dict[str, str]:
 
 
 def source_config(config: dict) -> dict:
-    """The config of a transfer recipe's source model (the book's model A).
+    """The config of a transfer recipe's source model (the book's model A, or a pretext model).
 
-    Same model body, data and optimizer; the source task's classes, all their training
-    images, a softmax head, its own epochs and fixed seed. Its model is always logged:
-    the target run loads it from there.
+    Same model body, data and optimizer; the source task (other classes, or a task without
+    labels on every class), all its training images, a softmax head, its own epochs and fixed
+    seed. Its model is always logged: the target run loads it from there.
     """
     transfer = config["transfer"]
     source = copy.deepcopy(config)
     source.update(epochs=transfer["source_epochs"], seed=transfer["source_seed"], mc_dropout_samples=0, force=False,
-                  transfer={**transfer, "source_classes": None, "freeze_epochs": 0})
+                  task=transfer["pretrain"] or "classify",
+                  transfer={**transfer, "source_classes": None, "pretrain": None, "freeze_epochs": 0})
     source["data"].update(classes=transfer["source_classes"], train_size=None)
     source["model"]["output"] = "softmax"
     source["tracking"]["log_model"] = True
     return source
+
+
+def source_role(config: dict) -> str:
+    """How the source's run is named and tagged (ch11.role)."""
+    transfer = config["transfer"]
+    if transfer["pretrain"]:
+        return f"source model ({transfer['pretrain']} pretraining, no labels)"
+    return f"source model (classes {','.join(map(str, transfer['source_classes']))})"
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

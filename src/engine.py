@@ -1,4 +1,5 @@
-"""The MLP family's training (model.name=mlp): model, phases, evaluation, MC dropout.
+"""The MLP family's training (model.name=mlp): model, phases, evaluation, MC dropout, and the
+pretext tasks (src/pretext.py) whose hidden layers a classifier can reuse.
 
 The job calls fit_and_evaluate() with a validated config inside an open MLflow run; the
 phased, resumable fit itself is src/fitting.py's, shared with the other families.
@@ -11,11 +12,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from src import calibration
+from src import calibration, pretext
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, steps_per_epoch
+from src.families import has_source
 from src.fitting import Phase, Training, configure_runtime, steps_per_call
-from src.models import BUILDERS, mc_dropout_model, reuse_layers
+from src.models import mc_dropout_model, reuse_layers
 from src.optim import build_optimizer
 from src.resume import ResumeState
 
@@ -34,9 +36,10 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
     freshly compiled optimizer, as the book does. Epoch numbers run on across phases.
     """
     configure_runtime(config)
+    data = pretext.task_data(data, config)
     n_train, batch_size, epochs = len(data.split("train")[0]), config["batch_size"], config["epochs"]
     steps = steps_per_epoch(n_train, batch_size)
-    model = BUILDERS[config["model"]["name"]](config["model"], data.split("train")[0].shape[1:], len(data.class_names))
+    model = pretext.build_model(config, data.split("train")[0].shape[1:], len(data.class_names))
     reused = reuse_layers(model, source) if source is not None else []
     extra = [diagnostics(config, data, sink)] if config["diagnostics"]["enabled"] else []
     training = Training(config, state, sink, workdir, extra)
@@ -49,33 +52,36 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
             return model
 
         def batches(begin: int, end: int) -> tuple:
-            pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"],
-                                      flatten=config["data"]["flatten"], resize=config["data"]["resize"],
-                                      seed=config["seed"], epochs=end, start_epoch=begin)
+            pipelines = datasets(data, config, seed=config["seed"], epochs=end, start_epoch=begin)
             return pipelines["train"], pipelines["valid"]
 
         return Phase(end, enter, batches)
 
     training.fit([phase(end, frozen) for end, frozen in training_phases(config)], steps)
-    pipelines = make_datasets(data, batch_size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
-                              resize=config["data"]["resize"], epochs=0)
+    pipelines = datasets(data, config, epochs=0)
     outcome = training.outcome(config["on_nan"], "lower optimizer.learning_rate, add clipping=norm, "
                                                  "or check the inputs' scale")
     return {**evaluate(model, pipelines, config), **outcome, "model": model,
             "example": next(iter(pipelines["test"]))[0].numpy()[:3]}
 
 
+def datasets(data: Prepared, config: dict, batch_size: int | None = None, **kwargs) -> dict:
+    """The splits' pipelines of (input, target) as the config's data and task want them."""
+    pipelines = make_datasets(data, batch_size or config["batch_size"], scale=config["data"]["scale"],
+                              flatten=config["data"]["flatten"], resize=config["data"]["resize"], **kwargs)
+    return pretext.with_targets(pipelines, config["task"])
+
+
 def training_phases(config: dict) -> list[tuple[int, bool]]:
     """(last epoch, reused layers frozen) per phase: one phase unless transfer freezes first."""
-    freeze = config["transfer"]["freeze_epochs"] if config["transfer"]["source_classes"] else 0
+    freeze = config["transfer"]["freeze_epochs"] if has_source(config["transfer"]) else 0
     return [(freeze, True), (config["epochs"], False)] if freeze else [(config["epochs"], False)]
 
 
 def compile_model(model: keras.Model, config: dict, total_steps: int, steps: int) -> None:
-    binary = config["model"]["output"] == "sigmoid"
-    model.compile(optimizer=build_optimizer(config, total_steps=total_steps),
-                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=steps_per_call(config["steps_per_execution"], steps))
+    model.compile(optimizer=build_optimizer(config, total_steps=total_steps), loss=pretext.loss(config),
+                  metrics=[] if config["task"] == "autoencoder" else ["accuracy"],
+                  steps_per_execution=steps_per_call(config["steps_per_execution"], steps))
 
 
 def diagnostics(config: dict, data: Prepared, sink) -> cbs.GradientDiagnostics:
@@ -83,10 +89,9 @@ def diagnostics(config: dict, data: Prepared, sink) -> cbs.GradientDiagnostics:
     size = config["diagnostics"]["batch_size"]
     x, y = (array[:size] for array in data.split("train"))
     head = Prepared({**data.arrays, "x_valid": x, "y_valid": y}, data.meta, data.path)  # train stays: same scaling
-    batch = make_datasets(head, size, scale=config["data"]["scale"], flatten=config["data"]["flatten"],
-                          resize=config["data"]["resize"], cache=False, epochs=0)["valid"]
-    images, labels = next(iter(batch))
-    return cbs.GradientDiagnostics(images.numpy(), labels.numpy(), sink)
+    batch = datasets(head, config, size, cache=False, epochs=0)["valid"]
+    images, targets = next(iter(batch))
+    return cbs.GradientDiagnostics(images.numpy(), targets.numpy(), sink, pretext.diagnostics_loss(config))
 
 
 def evaluate(model: keras.Model, pipelines: dict, config: dict) -> dict:
@@ -96,7 +101,8 @@ def evaluate(model: keras.Model, pipelines: dict, config: dict) -> dict:
     validation for CIFAR-10) and, on test, the calibration of the deterministic and the MC
     predictions (src/calibration.py: metrics, and their record under "calibration")."""
     scores = model.evaluate(pipelines["test"], verbose=0, return_dict=True)
-    results = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
+    results = {"test_loss": float(scores["loss"]),
+               **({"test_accuracy": float(scores["accuracy"])} if "accuracy" in scores else {})}
     samples = config["mc_dropout_samples"]
     if samples > 0:  # test first: its passes draw the same masks as before validation was added
         images, labels = split_arrays(pipelines["test"])
@@ -107,7 +113,8 @@ def evaluate(model: keras.Model, pipelines: dict, config: dict) -> dict:
         images, labels = split_arrays(pipelines["valid"])
         results["val_mc_dropout_accuracy"] = accuracy(mc_dropout_passes(model, images, samples).mean(axis=0), labels)
     scores = model.evaluate(pipelines["valid"], verbose=0, return_dict=True)
-    return {**results, "final_val_loss": float(scores["loss"]), "final_val_accuracy": float(scores["accuracy"])}
+    return {**results, "final_val_loss": float(scores["loss"]),
+            **({"final_val_accuracy": float(scores["accuracy"])} if "accuracy" in scores else {})}
 
 
 def split_arrays(split) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,11 @@ class Family:
     gradient_figure: bool = False     # its engine logs per-layer gradient norms: the run gets their figure
 
 
+def has_source(transfer: dict) -> bool:
+    """Whether the job reuses a source model's layers: one trained on other classes, or on a pretext task."""
+    return bool(transfer["source_classes"] or transfer["pretrain"])
+
+
 # -- mlp: the book's dense networks --------------------------------------------------------------
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "rrelu", "prelu", "elu", "selu", "gelu", "swish", "mish")
@@ -84,11 +89,13 @@ def check_mlp(config: dict) -> None:
                           f"weights, above the {MAX_PARAMETERS:,} this lab allows (1 GiB of float32); make it smaller")
     if config["mc_dropout_samples"] > 0 and model["dropout"] == 0 and model["input_dropout"] == 0:
         raise ConfigError("mc_dropout_samples > 0 needs dropout to sample: set model.dropout (e.g. 0.2)")
+    if model["output"] == "sigmoid" and config["task"] == "rotation":
+        raise ConfigError("task=rotation has four classes (the quarter turns): use model.output=softmax")
     if model["output"] == "sigmoid" and len(config["data"]["classes"] or ()) != 2:
         raise ConfigError("model.output=sigmoid is a binary head: set data.classes to two classes (e.g. [0, 2]) "
                           "or use model.output=softmax")
     transfer = config["transfer"]
-    if transfer["source_classes"] and transfer["freeze_epochs"] >= config["epochs"]:
+    if has_source(transfer) and transfer["freeze_epochs"] >= config["epochs"]:
         raise ConfigError(f"transfer.freeze_epochs={transfer['freeze_epochs']} must be below epochs="
                           f"{config['epochs']}: the reused layers are unfrozen for the remaining epochs")
     if model["activation"] == "selu" and config["data"]["scale"] != "standard":
@@ -145,9 +152,10 @@ def check_pretrained(config: dict) -> None:
         raise ConfigError(f"ImageNet weights exist for model.alpha in {list(IMAGENET_ALPHAS)} and square inputs of "
                           f"{list(IMAGENET_SIZES)} pixels, not alpha {model['alpha']} at {height}x{width}; change "
                           "them or use model.weights=none")
-    if config["transfer"]["source_classes"] is not None:
-        raise ConfigError("transfer.* reuses layers of an MLP trained on other classes; with "
-                          f"model={model['name']} set transfer.source_classes=null")
+    if has_source(config["transfer"]) or config["task"] != "classify":
+        raise ConfigError("transfer.* and task= are for the MLP's layers (other classes, or a pretext task); with "
+                          f"model={model['name']} set transfer.source_classes=null, transfer.pretrain=null and "
+                          "task=classify")
     if config["mc_dropout_samples"] > 0:
         raise ConfigError(f"mc_dropout_samples is for the MLP models; set it to 0 with model={model['name']}")
     if model["pretrained"] and model["weights"] != "none" and data["scale"] != "symmetric":
@@ -156,7 +164,8 @@ def check_pretrained(config: dict) -> None:
 
 
 FAMILIES = {
-    "mlp": Family(MLP, check_mlp, engine="src.engine", code=("src/engine.py", "src/models.py", "src/calibration.py"),
+    "mlp": Family(MLP, check_mlp, engine="src.engine",
+                  code=("src/engine.py", "src/models.py", "src/pretext.py", "src/calibration.py"),
                   gradient_figure=True),
     "mobilenet_v2": Family(MOBILENET_V2, check_pretrained, engine="src.pretrained.engine", code=("src/pretrained",),
                            pretrained_base=True),

@@ -15,9 +15,10 @@ History = dict[str, list[tuple[int, float]]]
 
 
 def learning_curves(history: History, path: Path) -> Path:
-    """Loss, accuracy (train and validation) and learning rate against epoch."""
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for axis, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
+    """Loss, accuracy (train and validation; an autoencoder has none) and learning rate against epoch."""
+    metrics = [metric for metric in ("loss", "accuracy") if metric in history or f"val_{metric}" in history]
+    figure, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.4 * (len(metrics) + 1), 3.8))
+    for axis, metric in zip(axes[:-1], metrics, strict=True):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
                 steps, values = zip(*history[key], strict=True)
@@ -27,9 +28,9 @@ def learning_curves(history: History, path: Path) -> Path:
         axis.grid(alpha=0.3)
     if "learning_rate" in history:
         steps, values = zip(*history["learning_rate"], strict=True)
-        axes[2].plot(steps, values, marker=".")
-        axes[2].set(xlabel="epoch", title="learning rate (end of epoch)", yscale="log")
-        axes[2].grid(alpha=0.3)
+        axes[-1].plot(steps, values, marker=".")
+        axes[-1].set(xlabel="epoch", title="learning rate (end of epoch)", yscale="log")
+        axes[-1].grid(alpha=0.3)
     return save(figure, path)
 
 
@@ -37,7 +38,7 @@ def gradients_by_depth(history: History, path: Path) -> Path:
     """Gradient norm and activation std per layer, one line per epoch (0 = initialisation)."""
     norms = {key.removeprefix("grad_norm/"): values for key, values in history.items() if key.startswith("grad_norm/")}
     stds = {key.removeprefix("act_std/"): values for key, values in history.items() if key.startswith("act_std/")}
-    layers = sorted(norms, key=lambda name: (name == "output", name))  # input side first, output last
+    layers = sorted(norms, key=depth_order)
     steps = sorted({step for values in norms.values() for step, _ in values})
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     colors = plt.cm.viridis([i / max(1, len(steps) - 1) for i in range(len(steps))])
@@ -55,6 +56,12 @@ def gradients_by_depth(history: History, path: Path) -> Path:
     if len(steps) <= 12:
         left.legend(fontsize=7)
     return save(figure, path)
+
+
+def depth_order(layer: str) -> tuple[int, str]:
+    """Input side first: hidden_NN, an autoencoder's decoder_NN and reconstruction, the output last."""
+    kinds = ("hidden", "decoder", "reconstruction", "output")
+    return next((rank for rank, kind in enumerate(kinds) if layer.startswith(kind)), 0), layer
 
 
 def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:

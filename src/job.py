@@ -20,11 +20,11 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from src import calibration, figures, tracking
-from src.config import flatten, run_identity, source_config, validate
+from src.config import flatten, run_identity, source_config, source_role, validate
 from src.data.load import reshape_splits
 from src.data.shared import prepared_once
 from src.errors import one_line
-from src.families import FAMILIES
+from src.families import FAMILIES, has_source
 from src.paths import in_repo
 
 if TYPE_CHECKING:  # imported in run_job: it loads Keras
@@ -59,8 +59,7 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
         from src.pretrained.model import weights_file  # noqa: PLC0415 (TensorFlow: only for this family)
 
         weights_file(config["model"], config["data"]["resize"][0])
-    source, source_run = (pretrained_source(config, parent_run_id) if config["transfer"]["source_classes"]
-                          else (None, None))
+    source, source_run = pretrained_source(config, parent_run_id) if has_source(config["transfer"]) else (None, None)
     data = reshape_splits(prepared, config["data"]["train_size"], config["validation_split"],
                           config["data"]["classes"])
     from src.resume import ResumeState  # noqa: PLC0415 (Keras: not for a bad data file or a finished job)
@@ -74,8 +73,9 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
                                 run_tags(config, identity, overrides, role, source_run))
     state.remember_run(run_id)
     result = run_to_the_end(config, data, client, run_id, state, workdir, source)
-    log.info("run %s finished: test_accuracy %.4f after %d epochs (MLflow experiment %r at %s)", run_id,
-             result["test_accuracy"], result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
+    scores = ", ".join(f"{key} {result[key]:.4f}" for key in ("test_accuracy", "test_loss") if key in result)
+    log.info("run %s finished: %s after %d epochs (MLflow experiment %r at %s)", run_id, scores,
+             result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
     return {**result, "run_id": run_id, "skipped": False}
 
 
@@ -200,8 +200,7 @@ def engine_for(model_name: str):
 
 def pretrained_source(config: dict, parent_run_id: str | None) -> tuple:
     """A transfer recipe's source model and its run: trained once as its own run (or found finished), then loaded."""
-    classes = ",".join(map(str, config["transfer"]["source_classes"]))
-    result = train(source_config(config), parent_run_id=parent_run_id, role=f"source model (classes {classes})")
+    result = train(source_config(config), parent_run_id=parent_run_id, role=source_role(config))
     return tracking.load_model(result["run_id"]), result["run_id"]
 
 

@@ -75,12 +75,13 @@ def sweep(config: dict, data, min_rate: float, max_rate: float, epochs: int) -> 
     """Train a fresh model of config on data with the rate grown from min_rate to max_rate."""
     import keras  # noqa: PLC0415 (TensorFlow: only once the config and the data are good)
 
-    from src.data.load import make_datasets, steps_per_epoch  # noqa: PLC0415
-    from src.engine import compile_model  # noqa: PLC0415
+    from src.data.load import steps_per_epoch  # noqa: PLC0415
+    from src.engine import compile_model, datasets  # noqa: PLC0415
     from src.fitting import configure_runtime  # noqa: PLC0415
-    from src.models import BUILDERS  # noqa: PLC0415
+    from src.pretext import build_model, task_data  # noqa: PLC0415
 
     configure_runtime(config)
+    data = task_data(data, config)
     steps = steps_per_epoch(len(data.split("train")[0]), config["batch_size"]) * epochs
     factor = (max_rate / min_rate) ** (1 / max(steps - 1, 1))
     # The rate lives in the optimizer as a per-step schedule (exponential "decay" by a factor > 1),
@@ -88,7 +89,7 @@ def sweep(config: dict, data, min_rate: float, max_rate: float, epochs: int) -> 
     grown = {**config, "optimizer": {**config["optimizer"], "learning_rate": min_rate}, "steps_per_execution": 1,
              "schedule": {"name": "exponential_decay", "per": "step", "decay_steps": 1, "decay_rate": factor,
                           "staircase": False}}
-    model = BUILDERS[config["model"]["name"]](config["model"], data.split("train")[0].shape[1:], len(data.class_names))
+    model = build_model(config, data.split("train")[0].shape[1:], len(data.class_names))
     compile_model(model, grown, total_steps=steps, steps=steps)
     losses = []
 
@@ -108,8 +109,7 @@ def sweep(config: dict, data, min_rate: float, max_rate: float, epochs: int) -> 
             if not math.isfinite(smoothed) or smoothed > BLOWN_UP * self.lowest:
                 self.model.stop_training = True  # past the divergence: the rest of the sweep says nothing
 
-    train = make_datasets(data, config["batch_size"], scale=config["data"]["scale"], flatten=config["data"]["flatten"],
-                          resize=config["data"]["resize"], seed=config["seed"], epochs=epochs)["train"]
+    train = datasets(data, config, seed=config["seed"], epochs=epochs)["train"]
     model.fit(train, epochs=epochs, steps_per_epoch=steps // epochs, callbacks=[BatchLosses()], shuffle=False,
               verbose=0)  # the pipeline shuffles each epoch itself
     finite = [loss for loss in losses if math.isfinite(loss)]

@@ -1,4 +1,5 @@
-"""Models in plain Keras, chosen by name (conf/model/<name>.yaml -> BUILDERS[name]).
+"""The MLP family's models in plain Keras: the book's dense classifier (build_mlp), whose body the
+pretext tasks' networks share (src/pretext.py), and the layers they are made of.
 
 Layer names follow the depth (hidden_01, hidden_01_act, ...) so gradient diagnostics and
 figures can plot any quantity against depth.
@@ -50,15 +51,25 @@ def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.
 
     The output is softmax over n_classes, or one sigmoid unit (model.output=sigmoid, two classes).
     """
+    layers = mlp_body(cfg, input_shape)
+    # float32 output: softmax and the loss stay accurate under mixed precision.
+    binary = cfg["output"] == "sigmoid"
+    layers.append(keras.layers.Dense(1 if binary else n_classes, activation=cfg["output"],
+                                     kernel_initializer=cfg["output_initializer"], kernel_regularizer=regularizer(cfg),
+                                     dtype="float32", name="output"))
+    return keras.Sequential(layers, name="mlp")
+
+
+def mlp_body(cfg: dict, input_shape: tuple[int, ...]) -> list[keras.layers.Layer]:
+    """The input and the hidden layers (hidden_NN, what transfer reuses), without a head."""
     layers = [keras.Input(shape=input_shape, name="image"), keras.layers.Flatten(name="flatten")]
     if cfg["input_batch_norm"]:
         layers.append(batch_norm(cfg, "input_bn"))
     if cfg["input_dropout"] > 0:
         layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["input_dropout"], name="input_dropout"))
-    digits = max(2, len(str(cfg["depth"])))
-    widths = cfg["width"] if isinstance(cfg["width"], list) else [cfg["width"]] * cfg["depth"]
+    widths = hidden_widths(cfg)
     for index, width in enumerate(widths, start=1):
-        name = f"hidden_{index:0{digits}d}"
+        name = f"hidden_{index:0{depth_digits(cfg)}d}"
         # BN before the activation has its own shift (beta): a Dense bias there is redundant, and
         # the book's BN section drops it; its exercise 8 keeps it (model.bias_before_bn).
         layers.append(keras.layers.Dense(
@@ -71,15 +82,16 @@ def build_mlp(cfg: dict, input_shape: tuple[int, ...], n_classes: int) -> keras.
             layers.append(batch_norm(cfg, f"{name}_bn"))
         if cfg["dropout"] > 0 and (cfg["dropout_scope"] == "all" or index == len(widths)):
             layers.append(DROPOUT_LAYERS[cfg["dropout_kind"]](cfg["dropout"], name=f"{name}_dropout"))
-    # float32 output: softmax and the loss stay accurate under mixed precision.
-    binary = cfg["output"] == "sigmoid"
-    layers.append(keras.layers.Dense(1 if binary else n_classes, activation=cfg["output"],
-                                     kernel_initializer=cfg["output_initializer"], kernel_regularizer=regularizer(cfg),
-                                     dtype="float32", name="output"))
-    return keras.Sequential(layers, name="mlp")
+    return layers
 
 
-BUILDERS = {"mlp": build_mlp}
+def hidden_widths(cfg: dict) -> list[int]:
+    return cfg["width"] if isinstance(cfg["width"], list) else [cfg["width"]] * cfg["depth"]
+
+
+def depth_digits(cfg: dict) -> int:
+    """Digits of a layer's number in its name: hidden_01 ... hidden_50, hidden_001 ... hidden_100."""
+    return max(2, len(str(cfg["depth"])))
 
 
 def initializer(cfg: dict) -> keras.initializers.Initializer:

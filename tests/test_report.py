@@ -48,8 +48,16 @@ def runs_dir(tmp_path):
     made = {
         "optimizers": summary("optimizers", {"adam": [run(42, 0.88), run(43, 0.884)],
                                              "sgd": [run(42, 0.83), run(43, 0.84)]}),
-        "transfer_ab": summary("transfer_ab", {"scratch": [run(s, 0.9, test=0.90) for s in range(3)],
-                                               "reuse": [run(s, 0.9, test=0.91 + 0.001 * s) for s in range(3)]}),
+        "transfer_ab": {**summary("transfer_ab", {"scratch": [run(s, 0.9, test=0.90) for s in range(3)],
+                                                  "reuse": [run(s, 0.9, test=0.91 + 0.001 * s) for s in range(3)]}),
+                        "source_runs": {"a": {**run(42, 0.9027, test=0.9), "role": "source model (classes 1,3)"}}},
+        "pretraining": {**summary("pretraining", {
+            "scratch": [run(s, 0.78, test=0.78 + 0.001 * s) for s in range(3)],
+            "autoencoder": [run(s, 0.80, test=0.80 + 0.001 * s + 0.002 * (s % 2)) for s in range(3)],
+            "rotation": [run(s, 0.77, test=0.77 + 0.001 * s + 0.002 * (s % 2)) for s in range(3)]}),
+            "source_runs": {"e": {**{k: v for k, v in run(42, 0.5).items() if k != "test_accuracy"},
+                                  "test_loss": 0.0123, "epochs_run": 10,
+                                  "role": "source model (autoencoder pretraining, no labels)"}}},
     }
     for name, content in made.items():
         (tmp_path / "runs" / name).mkdir(parents=True)
@@ -78,7 +86,14 @@ def test_the_report_sets_ours_beside_the_published_numbers(runs_dir):
     assert "published accuracies matched within 1.5 points" in results
     assert "(figures/fidelity.png)" in results and (runs_dir / "reports" / "figures" / "fidelity.png").is_file()
     assert "| sgd | 2 | 0.8350 ± 0.0071 |" in results and "ours only" in results  # no published plain SGD
-    assert "paired by seed: +1.10 ± 0.10 pts over 3 seeds" in results
+    assert "reuse minus scratch, test accuracy, paired by seed: +1.10 ± 0.10 pts over 3 seeds" in results
+    assert "Source model (classes 1,3): its own run (seed 42), test accuracy 0.9000 on its own task" in results
+    # Every pretrained arm against scratch, and the autoencoder's own score is its reconstruction error.
+    assert "autoencoder minus scratch, test accuracy, paired by seed: +2.07 ± 0.12 pts over 3 seeds" in results
+    assert "rotation minus scratch, test accuracy, paired by seed: -0.93 ± 0.12 pts over 3 seeds" in results
+    assert "a real loss at the 5% level" in results and "scratch minus scratch" not in results
+    assert ("Source model (autoencoder pretraining, no labels): its own run (seed 42), test reconstruction error "
+            "(MSE on the scaled pixels) 0.0123 after 10 epochs.") in results
     metrics = json.loads((runs_dir / "reports" / "metrics.json").read_text())
     assert metrics["optimizers"]["adam"] == {"val_accuracy_mean": 0.882, "val_accuracy_std": 0.0028,
                                              "test_accuracy_mean": 0.872, "test_accuracy_std": 0.0028, "n": 2}

@@ -120,23 +120,37 @@ def section(summary: dict, metric: str, book: dict, published: dict[str, float],
 
 
 def notes(summary: dict) -> list[str]:
-    """What a table alone does not say: the transfer gain's significance, the source model."""
+    """What a table alone does not say: each reused source's gain over scratch and its significance,
+    the source models."""
     lines = []
     arms = summary["arms"]
-    if "scratch" in arms and "reuse" in arms:
-        paired = paired_difference(arms["scratch"], arms["reuse"], "test_accuracy")
-        if paired:
-            gap, t, p = paired
-            real = "a real gain at the 5% level" if p < 0.05 and gap.mean > 0 else "not a significant gain"
-            lines.append(f"B on A minus B from scratch, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± "
-                         f"{gap.std * 100:.2f} pts over {gap.n} seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). "
-                         f"Per seed the difference ranges from {min_max(arms, 'test_accuracy')}.")
+    if "scratch" in arms and summary.get("source_runs"):  # transfer_ab, pretraining: every arm against scratch
+        lines += [gain_note(arms, arm) for arm in arms if arm != "scratch"]
     for found in summary.get("lr_finder", []):
         lines.append(lr_finder_note(found))
-    for run in summary.get("source_runs", {}).values():
-        lines.append(f"Source model A (its own run, seed {run['seed']}): test accuracy {run['test_accuracy']:.4f} "
-                     f"on its 8 classes after {run['epochs_run']} epochs.")
-    return [paragraph for line in lines for paragraph in (line, "")]
+    lines += [source_note(run) for run in summary.get("source_runs", {}).values()]
+    return [paragraph for line in lines if line for paragraph in (line, "")]
+
+
+def gain_note(arms: dict, arm: str) -> str | None:
+    """The arm minus scratch in test accuracy, paired by seed, with its t-test."""
+    paired = paired_difference(arms["scratch"], arms[arm], "test_accuracy")
+    if not paired:
+        return None
+    gap, t, p = paired
+    real = "a real gain at the 5% level" if p < 0.05 and gap.mean > 0 else (
+        "a real loss at the 5% level" if p < 0.05 else "not a significant difference")
+    return (f"{arm} minus scratch, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± {gap.std * 100:.2f} pts "
+            f"over {gap.n} seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). Per seed the difference ranges from "
+            f"{min_max(arms, arm, 'test_accuracy')}.")
+
+
+def source_note(run: dict) -> str:
+    """A source model's own score: accuracy on its task, or an autoencoder's reconstruction error."""
+    role = run.get("role") or "source model"
+    score = (f"test accuracy {run['test_accuracy']:.4f} on its own task" if "test_accuracy" in run else
+             f"test reconstruction error (MSE on the scaled pixels) {run['test_loss']:.4f}")
+    return f"{role[0].upper()}{role[1:]}: its own run (seed {run['seed']}), {score} after {run['epochs_run']} epochs."
 
 
 def lr_finder_note(found: dict) -> str:
@@ -162,9 +176,9 @@ def lr_finder_results(folder: Path) -> dict[str, list[dict]]:
     return found
 
 
-def min_max(arms: dict, metric: str) -> str:
+def min_max(arms: dict, arm: str, metric: str) -> str:
     by_seed = {run["seed"]: run[metric] for run in arms["scratch"]}
-    gaps = [(run[metric] - by_seed[run["seed"]]) * 100 for run in arms["reuse"] if run["seed"] in by_seed]
+    gaps = [(run[metric] - by_seed[run["seed"]]) * 100 for run in arms[arm] if run["seed"] in by_seed]
     return f"{min(gaps):+.2f} to {max(gaps):+.2f} pts"
 
 

@@ -44,8 +44,10 @@ def summarize(experiment: str, sweep_dir: Path) -> dict:
             raise TrackingError(f"run {job['run_id']} of {experiment} is {run.info.status}; re-run the sweep")
         record = run_record(client, tracking, run, job["params"])
         arms.setdefault(arm_label(experiment, job["params"]), []).append(record)
-        if source := run.data.tags.get(f"{tracking.TAG}source_run"):
-            sources.setdefault(source, run_record(client, tracking, client.get_run(source), {}))
+        if (source := run.data.tags.get(f"{tracking.TAG}source_run")) and source not in sources:
+            source_run = client.get_run(source)
+            sources[source] = {**run_record(client, tracking, source_run, {}),
+                               "role": source_run.data.tags.get(f"{tracking.TAG}role")}
     summary = {"experiment": experiment,
                "parent_run_ids": sorted({r["parent_run_id"] for runs in arms.values() for r in runs} - {None}),
                "arms": {label: sorted(runs, key=lambda r: r["seed"]) for label, runs in arms.items()}}
