@@ -134,14 +134,14 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
     from src.data.load import reshape_splits, scaling, steps_per_epoch  # noqa: PLC0415
     from src.engine import compile_model, training_phases  # noqa: PLC0415
     from src.fitting import standard_callbacks  # noqa: PLC0415
-    from src.models import BUILDERS, reuse_layers  # noqa: PLC0415
+    from src.models import build_mlp, reuse_layers  # noqa: PLC0415
 
     data = reshape_splits(full, config["data"]["train_size"], config["validation_split"], config["data"]["classes"])
     offset, factor = scaling(data, config["data"]["scale"])
     (x, y), (x_valid, y_valid), (x_test, y_test) = (
         ((images - offset) * factor, labels) for images, labels in map(data.split, ("train", "valid", "test")))
     keras.utils.set_random_seed(config["seed"])
-    model = BUILDERS[config["model"]["name"]](config["model"], x.shape[1:], len(data.class_names))
+    model = build_mlp(config["model"], x.shape[1:], len(data.class_names))
     reused = reuse_layers(model, source) if source is not None else []
     steps = steps_per_epoch(len(x), config["batch_size"])
     keras_loop = {**config, "steps_per_execution": 1}  # Keras's default loop, one Python call a batch

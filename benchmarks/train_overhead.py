@@ -45,7 +45,7 @@ from src import fitting
 from src.config import validate
 from src.data.load import load_prepared, make_datasets, reshape_splits, steps_per_epoch
 from src.job import train
-from src.models import BUILDERS
+from src.models import build_mlp
 from src.optim import build_optimizer
 from src.paths import REPO, in_repo
 
@@ -107,7 +107,7 @@ def bare_fit(config: dict, data, clock: Clock) -> None:
     fitting.configure_runtime(config)
     x_train, batch, epochs, d = data.split("train")[0], config["batch_size"], config["epochs"], config["data"]
     steps = steps_per_epoch(len(x_train), batch)
-    model = BUILDERS[config["model"]["name"]](config["model"], x_train.shape[1:], len(data.class_names))
+    model = build_mlp(config["model"], x_train.shape[1:], len(data.class_names))
     model.compile(optimizer=build_optimizer(config, total_steps=steps * epochs), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=config["steps_per_execution"])
     pipelines = make_datasets(data, batch, scale=d["scale"], flatten=d["flatten"], resize=d["resize"],

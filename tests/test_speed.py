@@ -93,3 +93,12 @@ def test_the_startup_benchmark_measures_both_sides_and_the_report_shows_them(fas
                     quick=True)
     assert "| `startup` | command to first training step" in page
     assert "| `startup` | `--repeats 1` | 10 s | today, cpu (AVX-512 yes, AMX-BF16 yes) |" in page  # date and machine
+
+
+def test_every_benchmark_imports_against_the_code_it_measures():
+    """A benchmark runs only under `make bench`: a name it imports that the code no longer has
+    must fail here, not on the day the benchmarks are re-run."""
+    modules = sorted(f"benchmarks.{path.stem}" for path in (REPO / "benchmarks").glob("*.py") if path.stem != "__init__")
+    result = subprocess.run([sys.executable, "-c", f"import importlib; [importlib.import_module(m) for m in {modules}]"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
