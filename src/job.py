@@ -199,8 +199,16 @@ def engine_for(model_name: str):
 
 
 def pretrained_source(config: dict, parent_run_id: str | None) -> tuple:
-    """A transfer recipe's source model and its run: trained once as its own run (or found finished), then loaded."""
+    """A transfer recipe's source model and its run: trained once as its own run (or found finished), then loaded.
+
+    The runtime is configured before the load: TensorFlow fixes its thread pools at its first op,
+    so a source loaded first in a fresh worker would otherwise leave the job on every core
+    instead of `threads` (slower next to the other worker, and its sums in another order).
+    """
     result = train(source_config(config), parent_run_id=parent_run_id, role=source_role(config))
+    from src.fitting import configure_runtime  # noqa: PLC0415 (TensorFlow: only when a source is reused)
+
+    configure_runtime(config)
     return tracking.load_model(result["run_id"]), result["run_id"]
 
 

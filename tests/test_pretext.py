@@ -3,6 +3,7 @@ models, their rules, and their training on real Fashion-MNIST images."""
 
 import numpy as np
 import pytest
+from conftest import cli, quiet_env, runs
 from test_engine_parts import config
 
 from src.config import source_config, source_role
@@ -100,3 +101,28 @@ def test_a_pretrained_source_is_the_same_body_on_every_training_image_without_it
 def test_impossible_pretraining_settings_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config(*overrides)
+
+
+@pytest.mark.slow
+def test_a_reused_source_is_its_own_run_and_a_worker_that_loads_it_first_keeps_its_threads(fashion_npz,
+                                                                                            prepared_subset, tmp_path):
+    """Two commands: the first trains the rotation source (its own run, role tag) and the classifier
+    on it; the second (another seed) finds the source finished and loads it before anything else in
+    its process, which must not leave TensorFlow's thread pools at their default."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = (f"data.path={prepared_subset(fashion_npz)}", f"tracking.uri={store}", f"state_dir={tmp_path / 'state'}",
+              "transfer.pretrain=rotation", "transfer.source_epochs=1", "epochs=2", "transfer.freeze_epochs=1",
+              "data.train_size=300", "threads=1", "tracking.log_figures=false", "name=test")
+    first = cli(*common, "seed=42", f"hydra.run.dir={tmp_path / 'first'}", env=quiet_env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = cli(*common, "seed=43", f"hydra.run.dir={tmp_path / 'second'}", env=quiet_env())
+    assert second.returncode == 0, second.stderr[-2000:]
+    logged = second.stdout + second.stderr
+    assert "skipped: this exact config" in logged and "threads=1 ignored" not in logged, logged[-2000:]
+    made = runs(store)
+    roles = [run.data.tags.get("ch11.role") for run in made]
+    assert roles == ["source model (rotation pretraining, no labels)", None, None]
+    source = made[0]
+    assert source.data.params["task"] == "rotation" and source.data.params["data.train_size"] == "None"
+    assert 0.25 < source.data.metrics["test_accuracy"] <= 1  # four quarter turns: chance is 0.25
+    assert all(run.data.tags["ch11.source_run"] == source.info.run_id for run in made[1:])
