@@ -86,7 +86,8 @@ def test_the_report_sets_ours_beside_the_published_numbers(runs_dir):
     assert "published accuracies matched within 1.5 points" in results
     assert "(figures/fidelity.png)" in results and (runs_dir / "reports" / "figures" / "fidelity.png").is_file()
     assert "| sgd | 2 | 0.8350 ± 0.0071 |" in results and "ours only" in results  # no published plain SGD
-    assert "reuse minus scratch, test accuracy, paired by seed: +1.10 ± 0.10 pts over 3 seeds" in results
+    # Arms as the book names them where published.yaml says so (transfer_ab's model B and model B on A).
+    assert "model B on A minus model B, test accuracy, paired by seed: +1.10 ± 0.10 pts over 3 seeds" in results
     assert "Source model (classes 1,3): its own run (seed 42), test accuracy 0.9000 on its own task" in results
     # Every pretrained arm against scratch, and the autoencoder's own score is its reconstruction error.
     assert "autoencoder minus scratch, test accuracy, paired by seed: +2.07 ± 0.12 pts over 3 seeds" in results

@@ -114,25 +114,26 @@ def section(summary: dict, metric: str, book: dict, published: dict[str, float],
         lines.append("| " + " | ".join(cells) + " |")
     notes_of_book = [f"Note on {number.get('book', number['arm'])}: {number['note'].strip()}\n"
                      for number in book.get("numbers", []) if number.get("note")]
-    lines += ["", *notes_of_book, *notes(summary),
+    book_names = {number["arm"]: number["book"] for number in book.get("numbers", []) if "book" in number}
+    lines += ["", *notes_of_book, *notes(summary, book_names),
               *[f"![{figure}](figures/{figure})" for figure in figures], ""]
     return "\n".join(lines)
 
 
-def notes(summary: dict) -> list[str]:
-    """What a table alone does not say: each reused source's gain over scratch and its significance,
-    the source models."""
+def notes(summary: dict, book_names: dict[str, str]) -> list[str]:
+    """What a table alone does not say: each reused source's gain over scratch and its significance
+    (arms named as the book names them, where it does), the source models."""
     lines = []
     arms = summary["arms"]
     if "scratch" in arms and summary.get("source_runs"):  # transfer_ab, pretraining: every arm against scratch
-        lines += [gain_note(arms, arm) for arm in arms if arm != "scratch"]
+        lines += [gain_note(arms, arm, book_names) for arm in arms if arm != "scratch"]
     for found in summary.get("lr_finder", []):
         lines.append(lr_finder_note(found))
     lines += [source_note(run) for run in summary.get("source_runs", {}).values()]
     return [paragraph for line in lines if line for paragraph in (line, "")]
 
 
-def gain_note(arms: dict, arm: str) -> str | None:
+def gain_note(arms: dict, arm: str, book_names: dict[str, str]) -> str | None:
     """The arm minus scratch in test accuracy, paired by seed, with its t-test."""
     paired = paired_difference(arms["scratch"], arms[arm], "test_accuracy")
     if not paired:
@@ -140,8 +141,9 @@ def gain_note(arms: dict, arm: str) -> str | None:
     gap, t, p = paired
     real = "a real gain at the 5% level" if p < 0.05 and gap.mean > 0 else (
         "a real loss at the 5% level" if p < 0.05 else "not a significant difference")
-    return (f"{arm} minus scratch, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± {gap.std * 100:.2f} pts "
-            f"over {gap.n} seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). Per seed the difference ranges from "
+    against = f"{book_names.get(arm, arm)} minus {book_names.get('scratch', 'scratch')}"
+    return (f"{against}, test accuracy, paired by seed: {gap.mean * 100:+.2f} ± {gap.std * 100:.2f} pts over {gap.n} "
+            f"seeds (paired t = {t:.2f}, p = {p:.3g}: {real}). Per seed the difference ranges from "
             f"{min_max(arms, arm, 'test_accuracy')}.")
 
 
