@@ -38,6 +38,25 @@ def fail(message: str, status: int = USER_ERROR_EXIT) -> None:
     sys.exit(status)
 
 
+def error_line(error: BaseException) -> str:
+    """Hydra's multi-line reports as one line: lists joined with commas, search path dropped
+    (src.train and src.lr_finder compose configs with Hydra)."""
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415 (the data stages never need it)
+
+    lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines() if line.strip()]
+    text, listing = (lines[0], lines[0].endswith(":")) if lines else ("", False)
+    for line in lines[1:]:
+        joint = (" " if text.endswith(":") else ", ") if listing else (" " if text.endswith(".") else "; ")
+        text += joint + line
+        listing = listing or line.endswith(":")
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        text += f" ({str(cause).splitlines()[0]})"
+    if "is not in struct" in text:
+        text += "; check the spelling: `python -m src.train --help` lists every key"
+    return text
+
+
 def run_main(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Run a stage's main(argv) and exit the process with a meaningful status."""
     with one_line_errors():

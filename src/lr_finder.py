@@ -25,11 +25,10 @@ from hydra.errors import HydraException
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from src.cli import one_line_errors
+from src.cli import error_line, one_line_errors
 from src.config import flatten, validate
 from src.errors import ConfigError, LabError
 from src.paths import REPO, in_repo, write_json
-from src.train import error_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXPERIMENT = "lr_finder"

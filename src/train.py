@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from src.cli import USER_ERROR_EXIT, one_line_errors
+from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
 from src.paths import REPO
@@ -66,22 +66,6 @@ def cli() -> None:
 def stop_on_sigterm(signum, frame) -> None:
     """A cluster's preemption (SIGTERM) stops the job like Ctrl-C: run KILLED, resume state kept."""
     raise KeyboardInterrupt
-
-
-def error_line(error: BaseException) -> str:
-    """Hydra's multi-line reports as one line: lists joined with commas, search path dropped."""
-    lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines() if line.strip()]
-    text, listing = (lines[0], lines[0].endswith(":")) if lines else ("", False)
-    for line in lines[1:]:
-        joint = (" " if text.endswith(":") else ", ") if listing else (" " if text.endswith(".") else "; ")
-        text += joint + line
-        listing = listing or line.endswith(":")
-    cause = error.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
-        text += f" ({str(cause).splitlines()[0]})"
-    if "is not in struct" in text:
-        text += "; check the spelling: `python -m src.train --help` lists every key"
-    return text
 
 
 if __name__ == "__main__":
