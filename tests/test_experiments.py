@@ -45,10 +45,12 @@ EXTRA_SHRINK["mobilenet_v2_cifar10"] = {"data.resize": "[32,32]", "model.weights
 # activations with the default initializer (glorot_uniform trains in seed_notebook, lecun_normal in
 # the SELU arms), activations' arms that are layers of their own (RReLU, PReLU) and the LeCun + SELU
 # pair (the other six are Keras names on He init), MobileNetV2 without unit_fine_tuned and symmetric
-# (each the combination of two arms kept: unit scale, fine-tuning). Every job of every experiment
-# still composes and validates (above).
+# (each the combination of two arms kept: unit scale, fine-tuning), pretraining's scratch, autoencoder and
+# rotation_frozen (both sources, both ways of reusing them). Every job of every experiment still composes
+# and validates (above).
 SWEEP_SHRINK = {"init_activation": {"model.kernel_initializer": "he_normal"},
                 "activations": {"+variant/activations": "rrelu,prelu,selu"},
+                "pretraining": {"+variant/pretraining": "scratch,autoencoder,rotation_frozen"},
                 "mobilenet_v2_cifar10": {"+variant/mobilenet_v2_cifar10":
                                          "seed,seed_mixed_float16,symmetric_fine_tuned,scratch,scratch_fine_tuned"}}
 DATASETS = {**PARAMS["experiments"]["datasets"], **PARAMS["experiments"]["pretrained"]}
