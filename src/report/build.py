@@ -23,7 +23,7 @@ import yaml
 from src.params import block, load_params
 from src.paths import REPO
 from src.report import claims, fidelity, plots, uncertainty
-from src.report.stats import arm_metric, paired_difference, spread, verdict
+from src.report.stats import arm_metric, paired_difference, seed_gaps, spread, verdict
 
 OUTPUTS = ("results.md", "metrics.json", "curves", "figures")
 # Extra columns per experiment, where the experiment is about them.
@@ -179,9 +179,8 @@ def lr_finder_results(folder: Path) -> dict[str, list[dict]]:
 
 
 def min_max(arms: dict, arm: str, metric: str) -> str:
-    by_seed = {run["seed"]: run[metric] for run in arms["scratch"]}
-    gaps = [(run[metric] - by_seed[run["seed"]]) * 100 for run in arms[arm] if run["seed"] in by_seed]
-    return f"{min(gaps):+.2f} to {max(gaps):+.2f} pts"
+    gaps = seed_gaps(arms["scratch"], arms[arm], metric)
+    return f"{min(gaps) * 100:+.2f} to {max(gaps) * 100:+.2f} pts"
 
 
 def experiment_metrics(summary: dict, metric: str) -> dict:

@@ -38,14 +38,18 @@ def verdict(ours: Spread, published: float, tolerance: float) -> str:
     return f"differs by {gap * 100:+.1f} pts (more than 2 std of our seeds): see the note"
 
 
+def seed_gaps(first: list[dict], second: list[dict], metric: str) -> list[float]:
+    """second - first, seed by seed, over the seeds where both have the metric."""
+    by_seed = {run["seed"]: run.get(metric) for run in first}
+    return [run.get(metric) - by_seed[run["seed"]] for run in second
+            if run["seed"] in by_seed and run.get(metric) is not None and by_seed[run["seed"]] is not None]
+
+
 def paired_difference(first: list[dict], second: list[dict], metric: str) -> tuple[Spread, float, float] | None:
     """second - first over the seeds both have, the paired t statistic and its two-sided p-value."""
     from scipy.stats import t as student  # noqa: PLC0415
 
-    by_seed = {run["seed"]: run.get(metric) for run in first}
-    gaps = [run.get(metric) - by_seed[run["seed"]] for run in second
-            if run["seed"] in by_seed and run.get(metric) is not None and by_seed[run["seed"]] is not None]
-    gap = spread(gaps)
+    gap = spread(seed_gaps(first, second, metric))
     if gap is None or gap.n < 2:
         return None
     t = gap.mean / (gap.std / math.sqrt(gap.n)) if gap.std > 0 else math.copysign(math.inf, gap.mean)
