@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from src import compiled
 from src.models import activation_layers, kernel_layers
 
 MetricSink = Callable[[int, dict[str, float]], None]  # (step, metrics) -> recorded somewhere
@@ -55,9 +56,9 @@ class GradientDiagnostics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        self.activations = activation_layers(model)
-        self.kernels = kernel_layers(model)
-        self.probe = keras.Model(model.inputs, [layer.output for layer in self.activations] + list(model.outputs))
+        # traced once per model: a model kept for the next job (src/compiled.py) keeps it too
+        self._measure = compiled.traced(model, f"diagnostics {self.loss and self.loss.name}",
+                                        lambda: measure_function(model, self.loss))
 
     def on_train_begin(self, logs=None):
         if not self.history and self.model.optimizer.iterations == 0:
@@ -68,25 +69,31 @@ class GradientDiagnostics(keras.callbacks.Callback):
 
     def measure(self, step: int) -> dict[str, float]:
         saved = [variable.numpy() for variable in self.model.non_trainable_variables]
-        values = {key: float(value) for key, value in self._measure().items()}
+        values = {key: float(value) for key, value in self._measure(self.images, self.targets).items()}
         for variable, value in zip(self.model.non_trainable_variables, saved, strict=True):
             variable.assign(value)
         self.history[step] = values
         return values
 
-    @tf.function(reduce_retracing=True)
-    def _measure(self) -> dict[str, tf.Tensor]:
-        kernels = [layer.kernel for layer in self.kernels]
+
+def measure_function(model: keras.Model, loss: keras.losses.Loss | None) -> Callable:
+    """(images, targets) -> every Dense layer's gradient norm and every activation's mean and std."""
+    activations, kernels = activation_layers(model), kernel_layers(model)
+    probe = keras.Model(model.inputs, [layer.output for layer in activations] + list(model.outputs))
+
+    def measure(images, targets) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            *hidden, predictions = self.probe(self.images, training=True)
+            *hidden, predictions = probe(images, training=True)
             binary = predictions.shape[-1] == 1  # model.output=sigmoid
             classify = keras.losses.BinaryCrossentropy() if binary else keras.losses.SparseCategoricalCrossentropy()
-            loss = (self.loss or classify)(self.targets, predictions)
-            loss += tf.add_n(self.model.losses) if self.model.losses else 0.0
-        gradients = tape.gradient(loss, kernels)
-        values = {f"grad_norm/{layer.name}": tf.norm(g) for layer, g in zip(self.kernels, gradients, strict=True)}
-        for layer, output in zip(self.activations, hidden, strict=True):
+            value = (loss or classify)(targets, predictions)
+            value += tf.add_n(model.losses) if model.losses else 0.0
+        gradients = tape.gradient(value, [layer.kernel for layer in kernels])
+        values = {f"grad_norm/{layer.name}": tf.norm(g) for layer, g in zip(kernels, gradients, strict=True)}
+        for layer, output in zip(activations, hidden, strict=True):
             output = tf.cast(output, tf.float32)
             values[f"act_mean/{layer.name.removesuffix('_act')}"] = tf.reduce_mean(output)
             values[f"act_std/{layer.name.removesuffix('_act')}"] = tf.math.reduce_std(output)
         return values
+
+    return measure

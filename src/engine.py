@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from src import calibration, pretext
+from src import calibration, compiled, pretext
 from src import callbacks as cbs
 from src.data.load import Prepared, make_datasets, steps_per_epoch
 from src.families import has_source
@@ -43,13 +43,15 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
     reused = reuse_layers(model, source) if source is not None else []
     extra = [diagnostics(config, data, sink)] if config["diagnostics"]["enabled"] else []
     training = Training(config, state, sink, workdir, extra)
+    phases = training_phases(config)
 
     def phase(end: int, frozen: bool) -> Phase:
         def enter() -> keras.Model:
             for layer in reused:
                 layer.trainable = not frozen
-            compile_model(model, config, total_steps=steps * epochs, steps=steps)
-            return model
+            # One phase: the job may train a kept model of the same graph (src/compiled.py). With
+            # two, the second goes on from the first's weights in the same model, compiled anew.
+            return compile_model(model, config, total_steps=steps * epochs, steps=steps, reuse=len(phases) == 1)
 
         def batches(begin: int, end: int) -> tuple:
             pipelines = datasets(data, config, seed=config["seed"], epochs=end, start_epoch=begin)
@@ -57,7 +59,7 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
 
         return Phase(end, enter, batches)
 
-    training.fit([phase(end, frozen) for end, frozen in training_phases(config)], steps)
+    model = training.fit([phase(end, frozen) for end, frozen in phases], steps)
     pipelines = datasets(data, config, epochs=0)
     outcome = training.outcome(config["on_nan"], "lower optimizer.learning_rate, add clipping=norm, "
                                                  "or check the inputs' scale")
@@ -78,10 +80,15 @@ def training_phases(config: dict) -> list[tuple[int, bool]]:
     return [(freeze, True), (config["epochs"], False)] if freeze else [(config["epochs"], False)]
 
 
-def compile_model(model: keras.Model, config: dict, total_steps: int, steps: int) -> None:
-    model.compile(optimizer=build_optimizer(config, total_steps=total_steps), loss=pretext.loss(config),
-                  metrics=[] if config["task"] == "autoencoder" else ["accuracy"],
-                  steps_per_execution=steps_per_call(config["steps_per_execution"], steps))
+def compile_model(model: keras.Model, config: dict, total_steps: int, steps: int, reuse: bool = False) -> keras.Model:
+    """The model compiled for the config's training; with reuse, possibly a kept twin (src/compiled.py)."""
+    optimizer = build_optimizer(config, total_steps=total_steps)
+    settings = {"loss": pretext.loss(config), "metrics": [] if config["task"] == "autoencoder" else ["accuracy"],
+                "steps_per_execution": steps_per_call(config["steps_per_execution"], steps)}
+    if reuse:
+        return compiled.compile_or_reuse(model, optimizer, **settings)
+    model.compile(optimizer=optimizer, **settings)
+    return model
 
 
 def diagnostics(config: dict, data: Prepared, sink) -> cbs.GradientDiagnostics:

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 # The result code every family runs (hashed into every run key; dvc.yaml's experiment stages
 # depend on it, with the family's own code: a test keeps them in step).
-COMMON_CODE = ("src/fitting.py", "src/optim.py", "src/callbacks.py", "src/resume.py", "src/data/__init__.py",
-               "src/data/load.py", "src/data/files.py")
+COMMON_CODE = ("src/fitting.py", "src/compiled.py", "src/optim.py", "src/callbacks.py", "src/resume.py",
+               "src/data/__init__.py", "src/data/load.py", "src/data/files.py")
 
 
 @dataclass(frozen=True)

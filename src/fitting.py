@@ -94,8 +94,9 @@ class Training:
         self.backup = Backup(state, self.history, self.stateful)
         self.callbacks = [cbs.EpochStats(), *extra_callbacks, *self.stateful, self.backup, cbs.MetricLogger(sink)]
 
-    def fit(self, phases: list[Phase], steps: int) -> list[dict]:
-        """Run the phases from where the saved state stopped (see the module's resume rule)."""
+    def fit(self, phases: list[Phase], steps: int) -> keras.Model:
+        """Run the phases from where the saved state stopped (see the module's resume rule);
+        returns the model the last phase trained."""
         start, saved = self.progress["epochs_done"], self.progress.get("phase", 0)
         total = phases[-1].end
         if 0 < start < total:
@@ -119,7 +120,7 @@ class Training:
                       verbose=1 if sys.stdout.isatty() else 2)  # one line per epoch in logs
             if self.diverged_at():
                 break
-        return self.history
+        return model
 
     def diverged_at(self) -> int:
         """The epoch whose loss became NaN (training stops there), else 0."""
