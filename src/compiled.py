@@ -21,6 +21,7 @@ not cover (other input shapes) Keras retraces by itself.
 """
 
 import json
+import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
+log = logging.getLogger(__name__)
 KEEP = 16  # graphs kept per process (least recently used go first); a 50 x 100 MLP is ~2 MB
 _kept: OrderedDict[str, keras.Model] = OrderedDict()
 _functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {name: traced function}
@@ -54,6 +56,7 @@ def compile_or_reuse(model: keras.Model, optimizer: keras.optimizers.Optimizer, 
     global reuses
     _kept.move_to_end(key)
     reuses += 1
+    log.info("training the compiled model of an earlier job of the same graph in this process (no tracing)")
     copy_variables(model, kept)
     optimizer.build(model.trainable_variables)  # its initial slots: zeros, or Nadam's product of 1
     assign_all(kept.optimizer.variables, optimizer.variables)

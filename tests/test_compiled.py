@@ -3,13 +3,14 @@ what a fresh build records, and only jobs of the same graph share one."""
 
 import keras
 import pytest
-from conftest import REPO, shrunk
+from conftest import REPO, cli, parent_and_children, shrunk
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from src import compiled
 from src.config import validate
 from src.job import train
+from src.launcher import graph_tasks
 from src.optim import build_optimizer
 from src.pretext import build_model
 
@@ -91,3 +92,28 @@ def test_frozen_layers_are_another_graph():
     before = compiled.graph_key(model, optimizer, {})
     model.get_layer("hidden_01").trainable = False
     assert compiled.graph_key(model, optimizer, {}) != before
+
+
+def test_the_launcher_keeps_the_jobs_of_a_graph_together_and_splits_groups_only_to_keep_workers_busy():
+    arms = [[f"model.activation={activation}", f"model.kernel_initializer={init}", "seed=42"]
+            for activation in ("relu", "selu", "elu", "tanh") for init in ("he_normal", "lecun_normal")]
+    assert graph_tasks(arms, workers=2) == [[0, 1], [2, 3], [4, 5], [6, 7]]  # initializers share a graph
+    seeds = [[f"+variant/seed_notebook={model}", f"seed={seed}"] for model in ("a", "b", "c") for seed in range(5)]
+    tasks = graph_tasks(seeds, workers=2)  # 3 groups for 2 workers: each split in two, largest first
+    assert tasks == [[2, 3, 4], [7, 8, 9], [12, 13, 14], [0, 1], [5, 6], [10, 11]]
+    assert graph_tasks([["optimizer=adam"], ["optimizer=nadam"]], workers=2) == [[0], [1]]
+    assert graph_tasks([], workers=2) == []
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_traces_each_graph_once(fashion_npz, store, tmp_path, cli_env):
+    sweep = tmp_path / "sweep"
+    result = cli("-m", "hydra/launcher=parallel", "threads=1", "epochs=1", "model.activation=relu,selu,elu,tanh",
+                 "seed=1,2", *shrunk(fashion_npz, store, tmp_path, train_size=300), f"hydra.sweep.dir={sweep}",
+                 env=cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,), children = parent_and_children(store)
+    assert len(children) == 8 and all(child.info.status == "FINISHED" for child in children)
+    logs = {path.parent.name: path.read_text() for path in sweep.glob("*/train.log")}
+    reused = sorted(int(job) for job, text in logs.items() if "compiled model of an earlier job" in text)
+    assert reused == [1, 3, 5, 7]  # each activation's second seed, in the worker that ran its first

@@ -1,0 +1,70 @@
+"""The parallel launcher (hydra/launcher=parallel): joblib's, with jobs of one graph sent to one worker.
+
+A worker process keeps the compiled model of every graph it has trained (src/compiled.py),
+so the second job of a graph skips the tracing the first one paid. joblib hands each job to
+whichever worker is free, so the three seeds of an arm used to land on both workers, and each
+traced it. Here a task is a run of jobs whose overrides differ only in values that leave the
+graph alone (the seed, the initializer, the learning rate), done one after another in one
+worker. Groups are split when there are too few tasks to keep every worker busy, and the
+largest tasks go first; the results come back in the jobs' order, as from joblib's launcher.
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, setup_globals
+from joblib import Parallel, delayed
+
+from hydra_plugins.hydra_joblib_launcher import _core
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+
+log = logging.getLogger(__name__)
+
+# Overrides whose values only change initial values or a variable: jobs that differ in them alone
+# can share a compiled model (a per-step schedule bakes the rate in; then they just take turns).
+VALUE_ONLY = {"seed", "model.kernel_initializer", "optimizer.learning_rate"}
+
+
+class GroupingLauncher(JoblibLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        settings = {**self.joblib, "backend": "loky"}
+        _core.process_joblib_cfg(settings)
+        tasks = graph_tasks([list(job) for job in job_overrides], workers=int(settings.get("n_jobs") or 1))
+        log.info("launching %d jobs as %d tasks of one graph each on %s workers", len(job_overrides), len(tasks),
+                 settings.get("n_jobs"))
+        state = Singleton.get_state()
+        done = Parallel(**settings)(
+            delayed(run_task)([(initial_job_idx + index, job_overrides[index]) for index in task],
+                              self.hydra_context, self.config, self.task_function, state)
+            for task in tasks)
+        returns = {index: job_return for task, task_returns in zip(tasks, done, strict=True)
+                   for index, job_return in zip(task, task_returns, strict=True)}
+        return [returns[index] for index in range(len(job_overrides))]
+
+
+def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_function, state) -> list[JobReturn]:
+    """One worker's task: its jobs one after another (a failed job is a FAILED return; the rest go on)."""
+    return [_core.execute_job(index, overrides, hydra_context, config, task_function, state)
+            for index, overrides in jobs]
+
+
+def graph_tasks(jobs: list[list[str]], workers: int) -> list[list[int]]:
+    """The jobs' indices in tasks: those of one graph together, at least two tasks a worker where
+    there are enough jobs (groups split evenly), largest first."""
+    groups: dict[tuple, list[int]] = {}
+    for index, overrides in enumerate(jobs):
+        key = tuple(item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in VALUE_ONLY)
+        groups.setdefault(key, []).append(index)
+    largest = max(1, math.ceil(len(jobs) / (2 * workers)))
+    tasks = []
+    for group in groups.values():
+        parts = math.ceil(len(group) / largest)
+        bounds = [round(part * len(group) / parts) for part in range(parts + 1)]
+        tasks += [group[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    return sorted(tasks, key=len, reverse=True)
