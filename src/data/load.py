@@ -182,10 +182,21 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 def scaling(data: Prepared, scale: str) -> tuple[np.ndarray, np.ndarray]:
     """float32 (offset, factor) so that scaled = (pixels - offset) * factor."""
     if scale == "standard":
-        mean, std = pixel_stats(data.split("train")[0])
-        return mean.astype(np.float32), (1.0 / np.maximum(std, 1e-7)).astype(np.float32)
+        return standardising(data.split("train")[0])
     offset, factor = {"none": (0.0, 1.0), "unit": (0.0, 1 / 255), "symmetric": (127.5, 1 / 127.5)}[scale]
     return np.float32(offset), np.float32(factor)
+
+
+def standardising(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, factor) of standard scaling from these training images; a job asks three times
+    (training, evaluation and diagnostics pipelines) for the same array: computed once."""
+    if _standardised[0] is not images:
+        mean, std = pixel_stats(images)
+        _standardised[:] = images, (mean.astype(np.float32), (1.0 / np.maximum(std, 1e-7)).astype(np.float32))
+    return _standardised[1]
+
+
+_standardised: list = [None, None]  # the last training images standardised, and their (offset, factor)
 
 
 def pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
