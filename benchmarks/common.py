@@ -23,12 +23,19 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def figure(name: str, ratios: list[float], target: float | None, detail: str, higher_is_better: bool = True) -> dict:
-    """One row of the report: a ratio's spread over repeats, its target and whether it was met."""
+def figure(name: str, ratios: list[float], target: float | None, detail: str, higher_is_better: bool = True,
+           unit: str = "x") -> dict:
+    """One row of the report: a ratio's (unit "x") or a difference's (unit "s", seconds) spread over
+    repeats, its target and whether it was met."""
     stats = spread(ratios)
     met = None if target is None else (stats["median"] >= target if higher_is_better else stats["median"] <= target)
     return {"name": name, **stats, "target": target, "higher_is_better": higher_is_better, "met": met,
-            "detail": detail}
+            "detail": detail, "unit": unit}
+
+
+def value(row: dict, key: str = "median") -> str:
+    """A figure's value as the report writes it: x2.13 for a ratio, +0.84 s for a difference."""
+    return f"{row[key]:+.2f} s" if row.get("unit") == "s" else f"x{row[key]:.2f}"
 
 
 def machine() -> dict:
@@ -65,7 +72,7 @@ def verdict(row: dict) -> str:
 def finish(benchmark: str, json_path: Path | None, figures: list[dict], **measured) -> None:
     """Print each figure and write the benchmark's JSON (what benchmarks.report reads)."""
     for row in figures:
-        print(f"{row['name']}: x{row['median']:.2f} (min {row['min']:.2f}, max {row['max']:.2f}; {verdict(row)})\n"
+        print(f"{row['name']}: {value(row)} (min {row['min']:.2f}, max {row['max']:.2f}; {verdict(row)})\n"
               f"    {row['detail']}")
     write_json(json_path, {"benchmark": benchmark, **measured, "figures": figures})
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CHILD_ENV, REPO, machine, verdict, write_json
+from benchmarks.common import CHILD_ENV, REPO, machine, value, verdict, write_json
 from src.paths import write_text
 
 # name -> (module, arguments for the full run, arguments for --quick)
@@ -32,12 +32,20 @@ BENCHMARKS = {
               ["--repeats", "1", "--epochs", "1", "--train-size", "2000"]),
     "startup": ("startup", ["--repeats", "3"], ["--repeats", "1"]),
     "flops": ("flops", ["--repeats", "3"], ["--repeats", "1", "--steps", "512"]),
-    "train_overhead": ("train_overhead", ["--epochs", "4", "--repeats", "3", "--train-size", "20000"],
-                       ["--epochs", "2", "--repeats", "1", "--train-size", "3000"]),
+    "train_overhead": ("train_overhead", ["--epochs", "4", "--repeats", "5", "--train-size", "20000", "--jobs", "5"],
+                       ["--epochs", "2", "--repeats", "1", "--train-size", "3000", "--jobs", "2"]),
     "feature_cache": ("feature_cache", ["--epochs", "10", "--repeats", "2"], ["--epochs", "2", "--repeats", "1"]),
     "headline": ("headline", ["--train-size", "20000"], ["--experiments", "seed_notebook", "--train-size", "2000"]),
+    "headline_init_activation": ("headline", ["--experiments", "init_activation", "--seeds", "42", "--train-size",
+                                              "20000", "--ways", "chapter,stages", "--target", "2"],
+                                 ["--experiments", "init_activation", "--seeds", "42", "--train-size", "1000",
+                                  "--target", "2"]),
+    "headline_seed_notebook": ("headline", ["--experiments", "seed_notebook", "--seeds", "42", "--train-size",
+                                            "20000", "--ways", "chapter,stages", "--target", "1.5"],
+                               ["--experiments", "seed_notebook", "--seeds", "42", "--train-size", "2000",
+                                "--target", "1.5"]),
     "headline_chapter": ("headline", ["--experiments", "all", "--train-size", "20000", "--seeds", "42",
-                                      "--ways", "chapter,stages"],
+                                      "--ways", "chapter,stages", "--target", "3"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
 # Longer than make bench's 20 minutes allow (about an hour alone on 2 cores, both ways): run with --only; the
@@ -55,7 +63,7 @@ def run(name: str, module: str, arguments: list[str], folder: Path) -> dict:
                          f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
     measured = {**json.loads(out.read_text()), "wall_s": time.perf_counter() - started, "arguments": arguments}
     for row in measured["figures"]:
-        print(f"  {row['name']}: x{row['median']:.2f} ({verdict(row)})", flush=True)
+        print(f"  {row['name']}: {value(row)} ({verdict(row)})", flush=True)
     return measured
 
 
@@ -77,7 +85,7 @@ def markdown(results: dict[str, dict], about: dict, quick: bool) -> str:
              "|---|---|---|---|---|---|"]
     for name, result in results.items():
         for row in result["figures"]:
-            lines.append(f"| `{name}` | {row['name']} | x{row['median']:.2f} ({row['min']:.2f}, {row['max']:.2f}) | "
+            lines.append(f"| `{name}` | {row['name']} | {value(row)} ({row['min']:.2f}, {row['max']:.2f}) | "
                          f"{row['n']} | {verdict(row)} | {row['detail']} |")
     lines += ["", "| benchmark | arguments | wall time | measured on |", "|---|---|---|---|"]
     lines += [f"| `{name}` | `{' '.join(result['arguments'])}` | {result['wall_s']:.0f} s | {result['date']}, "
