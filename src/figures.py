@@ -31,7 +31,7 @@ def learning_curves(history: History, path: Path) -> Path:
         axes[-1].plot(steps, values, marker=".")
         axes[-1].set(xlabel="epoch", title="learning rate (end of epoch)", yscale="log")
         axes[-1].grid(alpha=0.3)
-    return save(figure, path)
+    return save(figure, path, fixed_margins=True)
 
 
 def gradients_by_depth(history: History, path: Path) -> Path:
@@ -55,7 +55,7 @@ def gradients_by_depth(history: History, path: Path) -> Path:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(steps) <= 12:
         left.legend(fontsize=7)
-    return save(figure, path)
+    return save(figure, path, fixed_margins=True)
 
 
 def depth_order(layer: str) -> tuple[int, str]:
@@ -79,7 +79,7 @@ def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     axis.set(xlabel="predicted", ylabel="true", title=f"test set: accuracy {accuracy:.4f}")
     figure.colorbar(image, ax=axis, label="share of the true class")
-    return save(figure, path, measured_layout=True)
+    return save(figure, path)
 
 
 def lr_vs_loss(rates: list[float], losses: list[float], smoothed: list[float], suggestion: float,
@@ -120,18 +120,18 @@ def reliability_diagram(record: dict, path: Path, title: str = "test set") -> Pa
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    return save(figure, path)
+    return save(figure, path, fixed_margins=True)
 
 
 # Margins around and between panels, in inches: enough for tick labels, an axis label and a title.
 MARGINS = {"left": 0.8, "right": 0.2, "bottom": 0.55, "top": 0.35, "between": 0.8}
 
 
-def save(figure, path: Path, measured_layout: bool = False) -> Path:
-    """Write a PNG. Panels sit at fixed margins (MARGINS) unless measured_layout: tight_layout draws
-    the whole figure once more to measure its labels, 40% of a run's figure time; only a figure
-    whose tick labels are long (class names) pays for it."""
-    if measured_layout:
+def save(figure, path: Path, fixed_margins: bool = False) -> Path:
+    """Write a PNG, its panels laid out by tight_layout, or (fixed_margins, for one row of panels with
+    short labels) at MARGINS: tight_layout draws the whole figure once more to measure its labels,
+    40% of the time of the figures every run draws."""
+    if not fixed_margins:
         figure.tight_layout()
     else:
         width, height = figure.get_size_inches()
