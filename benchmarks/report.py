@@ -38,7 +38,8 @@ BENCHMARKS = {
     "headline": ("headline", ["--train-size", "20000"], ["--experiments", "seed_notebook", "--train-size", "2000"]),
     "headline_init_activation": ("headline", ["--experiments", "init_activation", "--seeds", "42", "--train-size",
                                               "20000", "--ways", "chapter,stages", "--target", "2"],
-                                 ["--experiments", "init_activation", "--seeds", "42", "--train-size", "1000",
+                                 # its own 10,000 images: standardised on fewer, selu + he_normal diverges
+                                 ["--experiments", "init_activation", "--seeds", "42", "--train-size", "0",
                                   "--target", "2"]),
     "headline_seed_notebook": ("headline", ["--experiments", "seed_notebook", "--seeds", "42", "--train-size",
                                             "20000", "--ways", "chapter,stages", "--target", "1.5"],

@@ -7,10 +7,15 @@ traced it. Here a task is a run of jobs whose overrides differ only in values th
 graph alone (the seed, the initializer, the learning rate), done one after another in one
 worker. Groups are split when there are too few tasks to keep every worker busy, and the
 largest tasks go first; the results come back in the jobs' order, as from joblib's launcher.
+
+The workers start as soon as the sweep has validated its jobs (start_workers), before it opens
+its MLflow parent run: their imports (TensorFlow, Keras, MLflow: seconds) overlap that work
+instead of following it. A refused sweep starts none.
 """
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,12 +34,26 @@ VALUE_ONLY = {"seed", "model.kernel_initializer", "optimizer.learning_rate"}
 
 
 class GroupingLauncher(JoblibLauncher):
+    warming: threading.Thread | None = None
+
+    def start_workers(self) -> None:
+        """Start the workers and their imports in the background (the sweep calls it once its jobs are valid)."""
+        settings = self.settings()
+        self.warming = threading.Thread(target=warm_up, args=(settings, int(settings.get("n_jobs") or 1)), daemon=True)
+        self.warming.start()
+
+    def settings(self) -> dict:
+        settings = {**self.joblib, "backend": "loky"}
+        _core.process_joblib_cfg(settings)
+        return settings
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        settings = {**self.joblib, "backend": "loky"}
-        _core.process_joblib_cfg(settings)
+        settings = self.settings()
+        if self.warming is not None:
+            self.warming.join()  # the same pool of workers: joblib reuses them
         tasks = graph_tasks([list(job) for job in job_overrides], workers=int(settings.get("n_jobs") or 1))
         log.info("launching %d jobs as %d tasks of one graph each on %s workers", len(job_overrides), len(tasks),
                  settings.get("n_jobs"))
@@ -46,6 +65,20 @@ class GroupingLauncher(JoblibLauncher):
         returns = {index: job_return for task, task_returns in zip(tasks, done, strict=True)
                    for index, job_return in zip(task, task_returns, strict=True)}
         return [returns[index] for index in range(len(job_overrides))]
+
+
+def warm_up(settings: dict, workers: int) -> None:
+    """Start the workers and have each import what a job imports (in a thread of the sweep's process)."""
+    try:
+        Parallel(**settings)(delayed(imports)() for _ in range(workers))
+    except Exception as error:  # noqa: BLE001 (only a head start: the jobs import what they need)
+        log.debug("warming the workers up failed: %s", error)
+
+
+def imports() -> None:
+    """In a worker: TensorFlow, Keras and MLflow, by way of the modules a job runs."""
+    import src.engine  # noqa: PLC0415
+    import src.job  # noqa: F401, PLC0415
 
 
 def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_function, state) -> list[JobReturn]:

@@ -39,6 +39,8 @@ class ValidatingSweeper(BasicSweeper):
         jobs = [list(job) for batch in batches for job in batch]
         configs = [self.job_config(job) for job in jobs]
         log.info("validated the configs of all %d jobs", len(jobs))
+        if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
+            self.launcher.start_workers()
         swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
