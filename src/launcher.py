@@ -21,10 +21,11 @@ from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, setup_globals
-from joblib import Parallel, delayed
 
-from hydra_plugins.hydra_joblib_launcher import _core
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+
+# joblib (0.4 s to import) only when a sweep launches: Hydra imports this module for every
+# command, --help included.
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class GroupingLauncher(JoblibLauncher):
         self.warming.start()
 
     def settings(self) -> dict:
+        from hydra_plugins.hydra_joblib_launcher import _core  # noqa: PLC0415 (joblib)
+
         settings = {**self.joblib, "backend": "loky"}
         _core.process_joblib_cfg(settings)
         return settings
@@ -57,6 +60,8 @@ class GroupingLauncher(JoblibLauncher):
         tasks = graph_tasks([list(job) for job in job_overrides], workers=int(settings.get("n_jobs") or 1))
         log.info("launching %d jobs as %d tasks of one graph each on %s workers", len(job_overrides), len(tasks),
                  settings.get("n_jobs"))
+        from joblib import Parallel, delayed  # noqa: PLC0415
+
         state = Singleton.get_state()
         done = Parallel(**settings)(
             delayed(run_task)([(initial_job_idx + index, job_overrides[index]) for index in task],
@@ -69,6 +74,8 @@ class GroupingLauncher(JoblibLauncher):
 
 def warm_up(settings: dict, workers: int) -> None:
     """Start the workers and have each import what a job imports (in a thread of the sweep's process)."""
+    from joblib import Parallel, delayed  # noqa: PLC0415
+
     try:
         Parallel(**settings)(delayed(imports)() for _ in range(workers))
     except Exception as error:  # noqa: BLE001 (only a head start: the jobs import what they need)
@@ -83,6 +90,8 @@ def imports() -> None:
 
 def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_function, state) -> list[JobReturn]:
     """One worker's task: its jobs one after another (a failed job is a FAILED return; the rest go on)."""
+    from hydra_plugins.hydra_joblib_launcher import _core  # noqa: PLC0415
+
     return [_core.execute_job(index, overrides, hydra_context, config, task_function, state)
             for index, overrides in jobs]
 
