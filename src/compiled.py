@@ -22,7 +22,6 @@ not cover (other input shapes) Keras retraces by itself.
 
 import json
 import logging
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -33,7 +32,6 @@ from tensorflow.python.framework import config as tf_config
 log = logging.getLogger(__name__)
 KEEP = 16  # graphs kept per process (least recently used go first); a 50 x 100 MLP is ~2 MB
 _kept: OrderedDict[str, keras.Model] = OrderedDict()
-_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {name: traced function}
 reuses = 0  # jobs that trained a kept model, in this process
 
 
@@ -101,8 +99,12 @@ def assign_all(targets: list, sources: list) -> None:
 
 
 def traced(model: keras.Model, name: str, make: Callable[[], Callable]) -> Callable:
-    """A tf.function made once per (model, name): kept models keep theirs, so it is traced once."""
-    functions = _functions.setdefault(model, {})
+    """A tf.function made once per (model, name): kept models keep theirs, so it is traced once.
+
+    The functions live on the model itself (not in a table of this module, whose entries would
+    hold their model alive through the function's closure), so a model no longer kept or used
+    is freed with its functions."""
+    functions = model.__dict__.setdefault("_traced_functions", {})  # past Keras' attribute tracking
     if name not in functions:
         functions[name] = tf.function(make(), reduce_retracing=True)
     return functions[name]

@@ -1,8 +1,12 @@
 """Compiled models kept across jobs (src/compiled.py): a job on a kept model records exactly
 what a fresh build records, and only jobs of the same graph share one."""
 
+import gc
+import weakref
+
 import keras
 import pytest
+import tensorflow as tf
 from conftest import REPO, cli, parent_and_children, shrunk
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -92,6 +96,23 @@ def test_frozen_layers_are_another_graph():
     before = compiled.graph_key(model, optimizer, {})
     model.get_layer("hidden_01").trainable = False
     assert compiled.graph_key(model, optimizer, {}) != before
+
+
+def test_a_traced_function_lives_as_long_as_its_model():
+    """Kept models keep their traced functions; a model that is neither kept nor used any more is
+    freed with them (two-phase jobs build a fresh model per phase: none may outlive its job)."""
+    model, _ = model_and_optimizer("model.depth=3")
+    function = compiled.traced(model, "predict", lambda model=model: predictor(model))
+    function(tf.zeros((2, 28, 28)))
+    assert compiled.traced(model, "predict", lambda: None) is function  # made and traced once
+    alive = weakref.ref(model)
+    del model, function
+    gc.collect()
+    assert alive() is None
+
+
+def predictor(model: keras.Model):
+    return lambda images: model(images)  # holds its model, as GradientDiagnostics' function does
 
 
 def test_the_launcher_keeps_the_jobs_of_a_graph_together_and_splits_groups_only_to_keep_workers_busy():
