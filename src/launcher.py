@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # Overrides whose values only change initial values or a variable: jobs that differ in them alone
 # can share a compiled model (a per-step schedule bakes the rate in; then they just take turns).
 VALUE_ONLY = {"seed", "model.kernel_initializer", "optimizer.learning_rate"}
+# loky takes a worker whose memory grew by 300 MB since its first task for a leaking one and
+# replaces it. Ours grow by design -- the dataset a job loads, the compiled models kept for the
+# next job (src/compiled.py, at most 16) -- and a replaced worker throws both away and imports
+# TensorFlow again: after most tasks, with loky's bound. A worker is replaced past this one.
+WORKER_GROWTH = 4 * 2**30
 
 
 class GroupingLauncher(JoblibLauncher):
@@ -84,6 +89,7 @@ def warm_up(settings: dict, workers: int) -> None:
 
 def imports() -> None:
     """In a worker: TensorFlow, Keras and MLflow, by way of the modules a job runs."""
+    tolerate_growth()
     import src.engine  # noqa: PLC0415
     import src.job  # noqa: F401, PLC0415
 
@@ -92,8 +98,16 @@ def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_
     """One worker's task: its jobs one after another (a failed job is a FAILED return; the rest go on)."""
     from hydra_plugins.hydra_joblib_launcher import _core  # noqa: PLC0415
 
+    tolerate_growth()
     return [_core.execute_job(index, overrides, hydra_context, config, task_function, state)
             for index, overrides in jobs]
+
+
+def tolerate_growth() -> None:
+    """In a worker: loky's leak bound raised to WORKER_GROWTH (the worker loop reads it after each task)."""
+    from joblib.externals.loky import process_executor  # noqa: PLC0415
+
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, WORKER_GROWTH)
 
 
 def graph_tasks(jobs: list[list[str]], workers: int) -> list[list[int]]:
