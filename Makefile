@@ -44,8 +44,10 @@ system: ## Install the Debian packages the server and browser tests use (root; .
 	else echo "installing $$missing" && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
-run: $(STAMP) ## Run the pipeline: dvc repro (set CH11_DATA_MIRROR when offline)
-	$(BIN)/dvc repro
+# dvc repro, with the stale experiment stages' sweeps in one process on one set of workers
+# (src/repro.py): each stage keeps its own staleness and dvc.lock entry; the numbers are dvc repro's.
+run: $(STAMP) ## Run the pipeline: dvc repro, stale experiments in one process (set CH11_DATA_MIRROR when offline)
+	$(BIN)/python -m src.repro
 
 # The same experiments in one process, on one set of worker processes: the start-up that
 # dvc repro pays per stage is paid once (reports/benchmarks.md measures it).
@@ -57,7 +59,7 @@ data: $(STAMP) ## Only the data stages (download, prepare)
 	$(BIN)/dvc repro prepare
 
 report: $(STAMP) ## Only what the report needs: the experiments that changed, then reports/results.md
-	$(BIN)/dvc repro report
+	$(BIN)/python -m src.repro report
 
 # Two workers: most tests wait on subprocesses, servers, DVC or the store, so two overlap
 # on 2 cores. PYTEST_ARGS="-n 0" runs them one at a time.

@@ -18,6 +18,7 @@ The first failing sweep stops the run, with its error and exit code, as dvc repr
 
 import shlex
 import sys
+from contextlib import contextmanager
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
@@ -47,14 +48,28 @@ def sweeps(arguments: list[str]) -> list[list[str]]:
 
 def run(all_overrides: list[list[str]]) -> None:
     """`python -m src.train -m <overrides>` for each item, in this process; stops at the first failure."""
-    sweep.REUSE_WORKERS = True  # the next sweep runs on the workers this one started
-    for overrides in all_overrides:
-        GlobalHydra.instance().clear()  # Hydra is set up once per command line
-        sys.argv = [sys.argv[0], "-m", *overrides]
-        print(f"== {' '.join(overrides)}", file=sys.stderr, flush=True)
-        train.cli()  # a failure exits here (status 2), after the other jobs of its sweep ran
-    sweep.REUSE_WORKERS = False
-    sweep.release_workers()
+    with shared_workers():
+        for overrides in all_overrides:
+            print(f"== {' '.join(overrides)}", file=sys.stderr, flush=True)
+            train_here(["-m", *overrides])  # a failure exits here (status 2), after the other jobs of its sweep ran
+
+
+@contextmanager
+def shared_workers():
+    """Sweeps run inside this block leave the parallel launcher's workers up for the next one."""
+    sweep.REUSE_WORKERS = True
+    try:
+        yield
+    finally:
+        sweep.REUSE_WORKERS = False
+    sweep.release_workers()  # only after success: interrupted workers are still closing their runs
+
+
+def train_here(argv: list[str]) -> None:
+    """`python -m src.train <argv>`, in this process."""
+    GlobalHydra.instance().clear()  # Hydra is set up once per command line
+    sys.argv = [sys.argv[0], *argv]
+    train.cli()
 
 
 if __name__ == "__main__":

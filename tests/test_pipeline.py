@@ -1,12 +1,17 @@
-"""The experiment stages and the report, through `dvc repro`, in a copy of the repository:
-two experiments shrunk (one seed, one epoch, 300 images) on real Fashion-MNIST."""
+"""The experiment stages and the report, through `python -m src.repro` (make run) and `dvc repro`,
+in a copy of the repository: two experiments shrunk (one seed, one epoch, 300 images) on real
+Fashion-MNIST."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
 from conftest import LINKED_CACHE, copy_repo, dvc, dvc_env
 from mlflow.tracking import MlflowClient
+
+from src.tracking import PROCESS_TAG
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"seed_notebook": 3, "batchnorm": 3}  # name -> arms (jobs, at one seed)
@@ -19,8 +24,9 @@ KEPT = (*DATA, "lr_finder")
 
 @pytest.fixture
 def repro(tmp_path, pipeline):
-    """`dvc repro report` run once in a copy of the repository whose data stages are checked out from
-    the cache of the session's data pipeline (conftest.pipeline), not run again."""
+    """`python -m src.repro report` (dvc repro, the sweep stages in one process) run once in a copy of
+    the repository whose data stages are checked out from the cache of the session's data pipeline
+    (conftest.pipeline), not run again."""
     work = copy_repo(tmp_path / "repo")
     for summary in (work / "runs").glob("*/summary.json"):  # the committed summaries of the full run
         summary.unlink()
@@ -33,7 +39,8 @@ def repro(tmp_path, pipeline):
                     ("checkout", *DATA)):
         done = dvc(*command, cwd=work, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-    first = dvc("repro", "report", cwd=work, env=env)
+    first = subprocess.run([sys.executable, "-m", "src.repro", "report"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=900)
     assert not any(f"Running stage '{stage}'" in first.stdout for stage in KEPT), first.stdout[-3000:]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return work, env, store, first.stdout
@@ -60,6 +67,11 @@ def runs_each_experiment_as_one_parent_run_with_its_children(work, env, store, o
         assert summary["parent_run_ids"] == [parents[0].info.run_id]
         recorded = {run["run_id"] for runs in summary["arms"].values() for run in runs}
         assert recorded == {run.info.run_id for run in children}
+    # src.repro ran both stale sweep stages in one process, their jobs on the same two workers
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id for name in EXPERIMENTS])
+    parents, children = ({run.data.tags[PROCESS_TAG].split(":")[1] for run in runs
+                          if ("mlflow.parentRunId" in run.data.tags) == child} for child in (False, True))
+    assert len(parents) == 1 and len(children) == 2 and not parents & children, (parents, children)
 
 
 def the_report_is_made_from_the_summaries(work, env, store, output):
