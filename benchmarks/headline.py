@@ -16,7 +16,9 @@ same epochs, seeds, batch sizes and data (at most the first --train-size trainin
             at a time) and the config's steps_per_execution=32 (the same updates, fewer
             Python round trips); everything else as a user gets it: MLflow runs into a fresh
             SQLite store, gradient diagnostics, resume state, the logged model, figures.
-            --ways stages adds dvc repro's way, measured the same: a `python -m src.train -m
+            --ways repro: make run's way, `python -m src.repro experiment@<name> ...` in a copy of
+            the repository whose experiment files carry the narrowing (DVC's status and records
+            included); --ways stages: plain dvc repro's, a `python -m src.train -m
             experiment=<name>` process per experiment (per stage), each starting its own workers.
   notebook  one Python process, plain Keras, one job after another with Keras's defaults
             (steps_per_execution=1, TensorFlow on every core): the job's model, optimizer and
@@ -39,12 +41,15 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -53,7 +58,8 @@ from src.params import load_params
 
 TARGET = 2.0
 WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
-        "stages": "a process per experiment (dvc repro's stages)"}
+        "repro": "make run's way (python -m src.repro: the stale experiment stages of dvc repro in one process)",
+        "stages": "a process per experiment (plain dvc repro's stages)"}
 
 
 def shrink(name: str, train_size: int, seeds: str) -> list[str]:
@@ -73,26 +79,69 @@ def pipeline(experiments: list[str], extras: dict[str, list[str]], folder: Path,
     store = f"sqlite:///{folder}/mlflow.db"
     common = [f"tracking.uri={store}", f"state_dir={folder}/state"]
     sweeps = {name: [*extras[name], f"hydra.sweep.dir={folder}/sweeps/{name}"] for name in experiments}
+    where, sweep_dirs = REPO, {name: folder / "sweeps" / name for name in experiments}
     if way == "chapter":
         commands = [["-m", "src.chapter", *(shlex.join([name, *sweeps[name]]) for name in experiments), "--", *common]]
+    elif way == "repro":  # make run, in a copy whose experiment files carry the narrowing
+        where = repro_copy(folder / "repo", {name: extras[name] for name in experiments}, common)
+        commands = [["-m", "src.repro", *(f"experiment@{name}" for name in experiments)]]
+        sweep_dirs = {name: where / "outputs" / "sweeps" / name / "dvc" for name in experiments}
     else:  # params.yaml's launch, as the chapter runner and dvc repro use it
         launch = shlex.split(load_params(REPO / "params.yaml")["experiments"]["launch"])
         commands = [["-m", "src.train", "-m", f"experiment={name}", *launch, *sweeps[name], *common]
                     for name in experiments]
     started = time.perf_counter()
     for command in commands:
-        result = subprocess.run([sys.executable, *command], cwd=REPO, env=CHILD_ENV, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, *command], cwd=where, env=CHILD_ENV, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"pipeline ({way}) failed (exit {result.returncode}): {result.stderr[-1500:]}")
     total = time.perf_counter() - started
     client, seconds, accuracies = MlflowClient(store), {}, {}
     for name in experiments:
-        record = json.loads((folder / "sweeps" / name / "jobs.json").read_text())
+        record = json.loads((sweep_dirs[name] / "jobs.json").read_text())
         parent = client.get_run(record["parent_run_id"]).info
         seconds[name] = (parent.end_time - parent.start_time) / 1000
         accuracies[name] = [(job["params"], client.get_run(job["run_id"]).data.metrics["test_accuracy"])
                             for job in record["jobs"]]
     return total, seconds, accuracies
+
+
+def repro_copy(work: Path, extras: dict[str, list[str]], common: list[str]) -> Path:
+    """A copy of the repository (its tracked and untracked-but-not-ignored files) where `python -m
+    src.repro` finds the experiments stale and narrowed: each experiment file takes its overrides
+    (a Hydra override is not a DVC parameter), params.yaml's extra the store; the Fashion-MNIST data
+    hard-linked and found in this repository's DVC cache, its hashes computed before the clock starts
+    (a working copy has them cached)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    data = [path.relative_to(REPO) for folder in ("data/raw/fashion_mnist", "data/prepared")
+            for path in (REPO / folder).rglob("*") if path.is_file() and "fashion_mnist" in str(path)]
+    for name in [*filter(None, listed), *data]:
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            if Path(name) in data:
+                os.link(REPO / name, work / name)
+            else:
+                shutil.copy2(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    for name, overrides in extras.items():
+        file = work / "conf" / "experiment" / f"{name}.yaml"
+        config = OmegaConf.load(file)
+        for override in overrides:
+            key, value = override.split("=", 1)
+            OmegaConf.update(config, "hydra.sweeper.params.seed" if key == "seed" else key, yaml.safe_load(value),
+                             force_add=True)
+        file.write_text("# @package _global_\n" + OmegaConf.to_yaml(config))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["experiments"]["extra"] = " ".join(common)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["config", "--local", "cache.dir", str(REPO / ".dvc" / "cache")],  # where the data's hashes are
+                    ["status", "download@fashion_mnist", "prepare@fashion_mnist"]):
+        subprocess.run([sys.executable, "-m", "dvc", *command], cwd=work, env=CHILD_ENV, capture_output=True,
+                       check=True)
+    return work
 
 
 def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple[float, dict, dict]:

@@ -67,17 +67,31 @@ def main(targets: list[str]) -> None:
     except DvcException as error:
         raise ConfigError(f"dvc cannot read the pipeline: {' '.join(str(error).split())}; "
                           "check the targets and dvc.yaml (dvc repro --dry shows the stages)") from None
-    sweeps = [stage for stage in stages if sweep_commands(stage.cmd)]
-    needed = {upstream for stage in sweeps for upstream in dependencies(repo, stage)} - set(sweeps)
-    upstream = [stage.addressing for stage in stages if stage in needed]
-    if upstream and repo.status(targets=upstream):
+    sweeps = [stage.addressing for stage in stages if sweep_commands(stage.cmd)]
+    needed = {upstream.addressing for stage in stages if stage.addressing in sweeps
+              for upstream in dependencies(repo, stage)}
+    upstream = [stage.addressing for stage in stages if stage.addressing in needed and stage.addressing not in sweeps]
+    if stale(upstream):
         dvc("repro", *upstream)
-    stale = repo.status(targets=[stage.addressing for stage in sweeps]) if sweeps else {}
+    ran = stale(sweeps)
     with shared_workers():
-        for stage in sweeps:
-            if stage.addressing in stale:
-                run_sweep_stage(repo, stage)
-    dvc("repro", *targets)  # the rest; the sweep stages are up to date now
+        for stage in stages:
+            if stage.addressing in ran:
+                run_sweep_stage(stage)
+    if stale([stage.addressing for stage in stages if stage.addressing not in sweeps]):
+        dvc("repro", *targets)  # the rest (DVC's start-up, seconds, only where a stage needs it)
+    elif not ran:
+        print("Data and pipelines are up to date.")
+
+
+def stale(names: list[str]) -> set[str]:
+    """Those of the named stages whose command, dependencies or outputs differ from dvc.lock's record:
+    what dvc status lists (read from a fresh look at the repository: another command may have run)."""
+    if not names:
+        return set()
+    repo = Repo(str(REPO))
+    with repo.lock:
+        return {stage.addressing for stage in repo.index.stages if stage.addressing in names and stage.changed()}
 
 
 def chosen_stages(repo, targets: list[str]) -> list:
@@ -93,13 +107,13 @@ def dependencies(repo, stage) -> set:
     return networkx.descendants(repo.index.graph, stage)
 
 
-def run_sweep_stage(repo, stage) -> None:
+def run_sweep_stage(stage) -> None:
     """The stage's sweep and summary in this process, then its dvc.lock entry."""
     train_arguments, summary_arguments = sweep_commands(stage.cmd)
     print(f"Running stage '{stage.addressing}' in the shared process:\n> {stage.cmd}", flush=True)
     train_here(train_arguments)  # a failed sweep exits here (status 2), as dvc repro stops at it
     summary.main(summary_arguments)
-    repo.commit(stage.addressing, force=True)  # what dvc repro records after running the command
+    Repo(str(REPO)).commit(stage.addressing, force=True)  # what dvc repro records after running the command
     print(f"Recorded '{stage.addressing}' in dvc.lock", flush=True)
 
 
