@@ -9,7 +9,7 @@ Each experiment runs as `python -m src.train -m experiment=<name> <launch> <over
 (params.yaml's experiments.launch: the parallel launcher, one thread a job): its own sweep
 folder, MLflow parent run, children and jobs.json, and a finished config is skipped. What
 differs is the process. `dvc repro` starts one per experiment stage, and each start costs
-about 13 s on 2 cores before and after the jobs: Python, Hydra and MLflow in the sweep's
+seconds before and after the jobs (reports/benchmarks.md): Python, Hydra and MLflow in the sweep's
 process, then two worker processes importing TensorFlow and loading the data. Here the
 parallel launcher's workers stay up from one sweep to the next (joblib reuses them), so
 those costs are paid once for the whole chapter; the numbers are the same.

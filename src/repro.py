@@ -4,7 +4,7 @@
     python -m src.repro report           # targets, as dvc repro takes them
 
 `dvc repro` starts a process per stage. For the experiment stages (a Hydra sweep, then its
-summary) each start costs about 13 s on 2 cores -- Python, Hydra and MLflow, then two worker
+summary) each start costs seconds -- Python, Hydra and MLflow, then two worker
 processes importing TensorFlow and loading the data -- and the workers' compiled models
 (src/compiled.py) die with them, so every stage traces its graphs again. Here:
 
