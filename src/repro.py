@@ -71,7 +71,8 @@ def main(targets: list[str]) -> None:
     needed = {upstream.addressing for stage in stages if stage.addressing in sweeps
               for upstream in dependencies(repo, stage)}
     upstream = [stage.addressing for stage in stages if stage.addressing in needed and stage.addressing not in sweeps]
-    if stale(upstream):
+    prepared = stale(upstream)
+    if prepared:
         dvc("repro", *upstream)
     ran = stale(sweeps)
     with shared_workers():
@@ -80,7 +81,7 @@ def main(targets: list[str]) -> None:
                 run_sweep_stage(stage)
     if stale([stage.addressing for stage in stages if stage.addressing not in sweeps]):
         dvc("repro", *targets)  # the rest (DVC's start-up, seconds, only where a stage needs it)
-    elif not ran:
+    elif not (prepared or ran):
         print("Data and pipelines are up to date.")
 
 
