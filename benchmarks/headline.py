@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.common import CHILD_ENV, REPO, figure, finish
 from src.params import load_params
+from src.paths import copy_repo
 
 TARGET = 2.0
 WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
@@ -114,18 +114,10 @@ def repro_copy(work: Path, extras: dict[str, list[str]], common: list[str]) -> P
     (a working copy has them cached)."""
     from omegaconf import OmegaConf  # noqa: PLC0415
 
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    data = [path.relative_to(REPO) for folder in ("data/raw/fashion_mnist", "data/prepared")
-            for path in (REPO / folder).rglob("*") if path.is_file() and "fashion_mnist" in str(path)]
-    for name in [*filter(None, listed), *data]:
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            if Path(name) in data:
-                os.link(REPO / name, work / name)
-            else:
-                shutil.copy2(REPO / name, work / name)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    copy_repo(work)
+    for path in [*REPO.glob("data/raw/fashion_mnist/*"), *REPO.glob("data/prepared/fashion_mnist.*")]:
+        (work / path.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, work / path.relative_to(REPO))
     for name, overrides in extras.items():
         file = work / "conf" / "experiment" / f"{name}.yaml"
         config = OmegaConf.load(file)

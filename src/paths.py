@@ -8,6 +8,7 @@ place (atomic on one file system).
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 def in_repo(path: str | Path) -> Path:
     """Config paths are relative to the repository root, whatever the working directory."""
     return Path(path) if Path(path).is_absolute() else REPO / path
+
+
+# A working copy of the repository, for DVC end to end (the tests, make bench's make-run way).
+def copy_repo(work: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, copied into a new git repo."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return work
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,6 +25,7 @@ from PIL import Image
 from src.data.files import array_digest, file_digest
 from src.data.idx import write_idx
 from src.data.load import load_prepared
+from src.paths import copy_repo
 
 pytest_plugins = ["faults.reliability"]  # the fault suite's records and reports/reliability.md
 
@@ -228,19 +228,7 @@ def prepared_subset(tmp_path_factory):
     return subset
 
 
-# -- a working copy of the repository, for DVC end to end -------------------------------------------
-
-def copy_repo(work: Path) -> Path:
-    """The repository's tracked and untracked-but-not-ignored files, copied into a new git repo."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    return work
-
+# -- a working copy of the repository, for DVC end to end: src.paths.copy_repo, imported above -----
 
 def dvc_env(**extra: str) -> dict[str, str]:
     """The environment `make run` gives DVC: the mirror, no analytics, this venv's `python` first."""
