@@ -12,13 +12,19 @@ differs is the process. `dvc repro` starts one per experiment stage, and each st
 seconds before and after the jobs (reports/benchmarks.md): Python, Hydra and MLflow in the sweep's
 process, then two worker processes importing TensorFlow and loading the data. Here the
 parallel launcher's workers stay up from one sweep to the next (joblib reuses them), so
-those costs are paid once for the whole chapter; the numbers are the same.
+those costs are paid once for the whole chapter; the numbers are the same. And the sweeps
+overlap: each returns once its jobs are queued, and the next sweep's jobs queue behind them,
+so a worker done with one experiment's last tasks starts on the next experiment while the
+other worker finishes (run_sweeps).
 The first failing sweep stops the run, with its error and exit code, as dvc repro would.
 """
 
 import shlex
 import sys
+from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
@@ -26,7 +32,7 @@ from hydra.core.plugins import Plugins
 Plugins.instance()  # Hydra's plugin scan re-runs the modules it finds: before src.sweep is imported, as in src.train
 
 from src import sweep, train  # noqa: E402
-from src.cli import run_main  # noqa: E402
+from src.cli import INTERRUPTED_EXIT, error_line, run_main  # noqa: E402
 from src.errors import ConfigError  # noqa: E402
 from src.params import block, load_params  # noqa: E402
 from src.paths import REPO  # noqa: E402
@@ -46,22 +52,72 @@ def sweeps(arguments: list[str]) -> list[list[str]]:
     return [[f"experiment={name}", *launch, *overrides, *common] for name, *overrides in specs]
 
 
+class Sweep(NamedTuple):
+    argv: list[str]  # src.train's arguments
+    heading: str  # printed as it is queued
+    then: Callable[[], None] = lambda: None  # once it has concluded
+
+
 def run(all_overrides: list[list[str]]) -> None:
     """`python -m src.train -m <overrides>` for each item, in this process; stops at the first failure."""
+    run_sweeps([Sweep(["-m", *overrides], f"== {' '.join(overrides)}") for overrides in all_overrides])
+
+
+def run_sweeps(sweeps: list[Sweep]) -> None:
+    """Each sweep in turn on one set of workers: its jobs queue behind those of the sweep before it,
+    and its then() runs once it has concluded, in order.
+
+    At most two sweeps are in flight: the next one is queued once the one before the last has
+    concluded. A sweep that fails stops the run, but a sweep already queued behind it still runs to
+    its end and is concluded (its runs are not lost); then the first failure ends the run.
+    """
     with shared_workers():
-        for overrides in all_overrides:
-            print(f"== {' '.join(overrides)}", file=sys.stderr, flush=True)
-            train_here(["-m", *overrides])  # a failure exits here (status 2), after the other jobs of its sweep ran
+        waiting: deque[tuple[sweep.QueuedSweep | None, Callable[[], None]]] = deque()
+        try:
+            for argv, heading, then in sweeps:
+                print(heading, flush=True)
+                train_here(argv)  # returns once its jobs are queued; a refused sweep exits here (status 2)
+                waiting.append((sweep.QUEUE.pop() if sweep.QUEUE else None, then))
+                while len(waiting) > 1:
+                    conclude(*waiting.popleft())
+            while waiting:
+                conclude(*waiting.popleft())
+        except BaseException as error:
+            wind_down(waiting, error)
+            raise
+
+
+def conclude(queued: "sweep.QueuedSweep | None", then: Callable[[], None]) -> None:
+    if queued is not None:
+        queued.finish()
+    then()
+
+
+def wind_down(waiting: deque, error: BaseException) -> None:
+    """After a failure: the sweeps still queued run to their end and are concluded (interrupted: marked
+    KILLED at once, as their jobs are); their own failures are printed, the first one ends the run."""
+    while waiting:
+        queued, then = waiting.popleft()
+        if queued is None:
+            continue
+        if isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and error.code == INTERRUPTED_EXIT):
+            queued.stop(KeyboardInterrupt())
+            continue
+        try:
+            conclude(queued, then)
+        except Exception as other:  # noqa: BLE001 (reported; the first failure is the one raised)
+            print(f"error: {error_line(other)}", file=sys.stderr)
 
 
 @contextmanager
 def shared_workers():
-    """Sweeps run inside this block leave the parallel launcher's workers up for the next one."""
-    sweep.REUSE_WORKERS = True
+    """Sweeps run inside this block leave the parallel launcher's workers up for the next one, and
+    return once their jobs are queued (sweep.QUEUE)."""
+    sweep.REUSE_WORKERS, sweep.QUEUE = True, []
     try:
         yield
     finally:
-        sweep.REUSE_WORKERS = False
+        sweep.REUSE_WORKERS, sweep.QUEUE = False, None
     sweep.release_workers()  # only after success: interrupted workers are still closing their runs
 
 

@@ -7,6 +7,8 @@ traced it. Here a task is a run of jobs whose overrides differ only in values th
 graph alone (the seed, the initializer, the learning rate), done one after another in one
 worker. Groups are split when there are too few tasks to keep every worker busy, and the
 largest tasks go first; the results come back in the jobs' order, as from joblib's launcher.
+Every task is queued at once (submit), so a sweep that src.chapter starts next queues its
+tasks behind these, and the workers go from one sweep to the next without waiting.
 
 The workers start as soon as the sweep has validated its jobs (start_workers), before it opens
 its MLflow parent run: their imports (TensorFlow, Keras, MLflow: seconds) overlap that work
@@ -16,7 +18,7 @@ instead of following it. A refused sweep starts none.
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
@@ -43,7 +45,12 @@ class GroupingLauncher(JoblibLauncher):
     warming: threading.Thread | None = None
 
     def start_workers(self) -> None:
-        """Start the workers and their imports in the background (the sweep calls it once its jobs are valid)."""
+        """Start the workers and their imports in the background (the sweep calls it once its jobs are valid).
+        Workers already up (src.chapter) are warm, and may be busy with the sweep before: left alone."""
+        from src.sweep import live_workers  # noqa: PLC0415 (src.sweep imports the config rules)
+
+        if live_workers() is not None:
+            return
         settings = self.settings()
         self.warming = threading.Thread(target=warm_up, args=(settings, int(settings.get("n_jobs") or 1)), daemon=True)
         self.warming.start()
@@ -53,9 +60,16 @@ class GroupingLauncher(JoblibLauncher):
 
         settings = {**self.joblib, "backend": "loky"}
         _core.process_joblib_cfg(settings)
+        settings.pop("pre_dispatch", None)  # every task queued at once (submit)
         return settings
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.submit(job_overrides, initial_job_idx)()
+
+    def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Callable[[], list[JobReturn]]:
+        """Queue the jobs on the workers and return at once; calling the result waits for their returns,
+        in the jobs' order. Every task is queued now, so the tasks of a sweep queued after this one
+        (src.chapter) start only as the workers run out of this one's."""
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -68,13 +82,16 @@ class GroupingLauncher(JoblibLauncher):
         from joblib import Parallel, delayed  # noqa: PLC0415
 
         state = Singleton.get_state()
-        done = Parallel(**settings)(
+        running = Parallel(**settings, pre_dispatch="all", return_as="generator")(
             delayed(run_task)([(initial_job_idx + index, job_overrides[index]) for index in task],
                               self.hydra_context, self.config, self.task_function, state)
             for task in tasks)
-        returns = {index: job_return for task, task_returns in zip(tasks, done, strict=True)
-                   for index, job_return in zip(task, task_returns, strict=True)}
-        return [returns[index] for index in range(len(job_overrides))]
+
+        def returns() -> list[JobReturn]:
+            done = {index: job_return for task, task_returns in zip(tasks, running, strict=True)
+                    for index, job_return in zip(task, task_returns, strict=True)}
+            return [done[index] for index in range(len(job_overrides))]
+        return returns
 
 
 def warm_up(settings: dict, workers: int) -> None:

@@ -31,7 +31,7 @@ import networkx  # DVC's own graph library
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 
-from src.chapter import shared_workers, train_here
+from src.chapter import Sweep, run_sweeps
 from src.cli import run_main
 from src.errors import ConfigError
 from src.paths import REPO
@@ -75,10 +75,7 @@ def main(targets: list[str]) -> None:
     if prepared:
         dvc("repro", *upstream)
     ran = stale(sweeps)
-    with shared_workers():
-        for stage in stages:
-            if stage.addressing in ran:
-                run_sweep_stage(stage)
+    run_sweeps([sweep_stage(stage) for stage in stages if stage.addressing in ran])
     if stale([stage.addressing for stage in stages if stage.addressing not in sweeps]):
         dvc("repro", *targets)  # the rest (DVC's start-up, seconds, only where a stage needs it)
     elif not (prepared or ran):
@@ -108,14 +105,15 @@ def dependencies(repo, stage) -> set:
     return networkx.descendants(repo.index.graph, stage)
 
 
-def run_sweep_stage(stage) -> None:
-    """The stage's sweep and summary in this process, then its dvc.lock entry."""
+def sweep_stage(stage) -> Sweep:
+    """The stage's sweep (its src.train arguments), then its summary and its dvc.lock entry."""
     train_arguments, summary_arguments = sweep_commands(stage.cmd)
-    print(f"Running stage '{stage.addressing}' in the shared process:\n> {stage.cmd}", flush=True)
-    train_here(train_arguments)  # a failed sweep exits here (status 2), as dvc repro stops at it
-    summary.main(summary_arguments)
-    Repo(str(REPO)).commit(stage.addressing, force=True)  # what dvc repro records after running the command
-    print(f"Recorded '{stage.addressing}' in dvc.lock", flush=True)
+
+    def record() -> None:
+        summary.main(summary_arguments)
+        Repo(str(REPO)).commit(stage.addressing, force=True)  # what dvc repro records after running the command
+        print(f"Recorded '{stage.addressing}' in dvc.lock", flush=True)
+    return Sweep(train_arguments, f"Running stage '{stage.addressing}' in the shared process:\n> {stage.cmd}", record)
 
 
 def dvc(*arguments: str) -> None:

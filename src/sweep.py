@@ -11,6 +11,7 @@
 """
 
 import fcntl
+import functools
 import json
 import logging
 import sys
@@ -44,27 +45,36 @@ class ValidatingSweeper(BasicSweeper):
         swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        lock = hold(sweep_dir)  # noqa: F841 (held until the sweep returns)
+        lock = hold(sweep_dir)  # held until the sweep is concluded
         (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs, sweep_dir, arguments)
-        results, failures, index, skipped = [], [], 0, 0
+        conclude = functools.partial(self.conclude, parent, sweep_dir, jobs, swept)
         try:
+            if QUEUE is not None and len(batches) == 1 and hasattr(self.launcher, "submit"):
+                QUEUE.append(QueuedSweep(self.launcher.submit(batches[0], initial_job_idx=0), conclude, parent, lock))
+                return None  # concluded by whoever opened the queue (src.chapter)
+            results, index = [], 0
             for batch in batches:
-                returns = self.launcher.launch(batch, initial_job_idx=index)
-                for offset, job_return in enumerate(returns):
-                    if job_return.status == JobStatus.FAILED:
-                        failures.append((index + offset, batch[offset], job_error(job_return)))
-                    elif isinstance(job_return.return_value, dict) and job_return.return_value.get("skipped"):
-                        skipped += 1
+                results.append(self.launcher.launch(batch, initial_job_idx=index))
                 index += len(batch)
-                results.append(returns)
         except BaseException as error:
             parent.stopped_by(error)
             raise
+        return conclude(results)
+
+    def conclude(self, parent: "ParentRun", sweep_dir: Path, jobs: list[list[str]], swept: set[str],
+                 results: list) -> list:
+        """Once every job returned: the failures reported, or jobs.json written and the parent FINISHED."""
+        returns = [job_return for batch in results for job_return in batch]
+        failures = [(index, job, job_error(job_return))
+                    for index, (job, job_return) in enumerate(zip(jobs, returns, strict=True))
+                    if job_return.status == JobStatus.FAILED]
+        skipped = sum(1 for job_return in returns if job_return.status != JobStatus.FAILED
+                      and isinstance(job_return.return_value, dict) and job_return.return_value.get("skipped"))
         release_workers()  # not after an interrupt: the workers are still closing their runs
         report_failures(failures, len(jobs), parent)
-        jobs_file = record_jobs(sweep_dir, parent, jobs, swept, [ret for returns in results for ret in returns])
+        jobs_file = record_jobs(sweep_dir, parent, jobs, swept, returns)
         parent.end("FINISHED", tags={"ch11.skipped": str(skipped)}, artifact=jobs_file)  # skipped: finished before
         return results
 
@@ -86,6 +96,32 @@ def hold(sweep_dir: Path):
 
 
 REUSE_WORKERS = False  # src.chapter: another sweep follows in this process and reuses the workers
+# src.chapter: a list while sweeps may overlap. A sweep then returns as soon as its jobs are queued on
+# the workers, leaving a QueuedSweep here, so that the next sweep's jobs queue behind them.
+QUEUE: list["QueuedSweep"] | None = None
+
+
+class QueuedSweep:
+    """A sweep whose jobs are queued on the workers: finish() waits for them and concludes the sweep
+    (its jobs.json and parent run), as the sweep itself does when nothing follows it."""
+
+    def __init__(self, returns, conclude, parent: "ParentRun", lock):
+        self.returns, self.conclude, self.parent, self.lock = returns, conclude, parent, lock
+
+    def finish(self) -> None:
+        try:
+            results = [self.returns()]
+        except BaseException as error:
+            self.parent.stopped_by(error)
+            raise
+        finally:
+            self.lock.close()
+        self.conclude(results)
+
+    def stop(self, error: BaseException) -> None:
+        """End the parent for what stopped the run before this sweep was waited for (its jobs see it too)."""
+        self.parent.stopped_by(error)
+        self.lock.close()
 
 
 def release_workers() -> None:
@@ -97,10 +133,16 @@ def release_workers() -> None:
     """
     if REUSE_WORKERS:
         return
-    loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # imported only by the parallel launcher
-    executor = getattr(loky, "_executor", None)  # joblib's one reusable executor (no public accessor)
+    executor = live_workers()
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+def live_workers():
+    """joblib's one reusable executor (no public accessor) while its workers are up, else None."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")  # imported only by the parallel launcher
+    executor = getattr(loky, "_executor", None)
+    return None if executor is None or executor._flags.shutdown or executor._flags.broken else executor
 
 
 def job_config(hydra_context, config, job: list[str]) -> dict:
