@@ -46,6 +46,11 @@ def test_training_order_is_shuffled_reproducibly_by_seed(prepared):
     assert not np.array_equal(first, other)
 
 
+def test_every_pipeline_runs_without_autotuning_whose_thread_stalled_the_end_of_fit(prepared):
+    pipelines = make_datasets(load_prepared(prepared), 4, epochs=2)
+    assert all(pipeline.options().autotune.enabled is False for pipeline in pipelines.values())
+
+
 def test_standard_scaling_uses_training_statistics(prepared):
     data = load_prepared(prepared)
     images, _ = batches(make_datasets(data, 8, scale="standard")["train"])

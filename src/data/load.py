@@ -155,11 +155,29 @@ def make_datasets(data: Prepared, batch_size: int, scale: str = "unit", flatten:
             dataset = shuffled_epochs(tf, x, y, batch_size, seed, start_epoch, epochs)
         else:
             dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-        dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.map(transform)
         if cache and resize is None and split != "train":
             dataset = dataset.cache()  # small evaluation splits: transform once
-        pipelines[split] = dataset.prefetch(tf.data.AUTOTUNE)
+        pipelines[split] = untuned(tf, dataset.prefetch(PREFETCH))
     return pipelines
+
+
+PREFETCH = 2  # batches made ahead of the training step, on a background thread
+
+
+def untuned(tf, dataset):
+    """The pipeline with tf.data's autotuning off.
+
+    Autotuning runs a model thread per iterator that sleeps between rounds, each sleep twice
+    the last (up to a minute), and deleting the iterator at the end of model.fit waited for
+    that sleep to end: a worker sat idle for up to 40 s after a 20-epoch fit, 9-18 s after
+    shorter ones, while the other worker trained (whole-chapter runs kept the two cores 80%
+    busy). A job trains on one thread (two at most), which leaves nothing to tune: a plain map and
+    a fixed prefetch give the same batches, in the same order, without the thread.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def shuffled_epochs(tf, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_epoch: int, epochs: int):
