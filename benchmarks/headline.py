@@ -29,7 +29,8 @@ same epochs, seeds, batch sizes and data (at most the first --train-size trainin
 
 Timed: each side's wall time for all the jobs, start-up included (the notebook side counts
 from its imports); per experiment: the notebook's jobs, and the pipeline's sweep from its
-parent run's start to its end. The numbers: each job's test accuracy on both sides, paired;
+parent run's start to its end (in one process, a sweep's parent opens when its jobs are queued
+behind the sweep before, so these overlap and add up to more than the wall time). The numbers: each job's test accuracy on both sides, paired;
 the sides shuffle differently (Keras's shuffle vs our per-epoch permutations), so they
 agree within seed noise, not to the digit. transfer_ab's model A is trained once per recipe
 on both sides (the pipeline logs it and each job loads it; the notebook keeps it in memory).
