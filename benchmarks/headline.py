@@ -27,13 +27,14 @@ same epochs, seeds, batch sizes and data (at most the first --train-size trainin
             passes where the experiment asks for them (the book's way: the whole test set
             per call). No tracking.
 
-Timed: each side's wall time for all the jobs, start-up included (the notebook side counts
-from its imports); per experiment: the notebook's jobs, and the pipeline's sweep from its
-parent run's start to its end (in one process, a sweep's parent opens when its jobs are queued
-behind the sweep before, so these overlap and add up to more than the wall time). The numbers: each job's test accuracy on both sides, paired;
-the sides shuffle differently (Keras's shuffle vs our per-epoch permutations), so they
-agree within seed noise, not to the digit. transfer_ab's model A is trained once per recipe
-on both sides (the pipeline logs it and each job loads it; the notebook keeps it in memory).
+Timed: each side's wall time for all the jobs, start-up included (the notebook side counts from
+its imports); per experiment: the notebook's jobs, and the pipeline's sweep from its parent
+run's start to its end (in one process, a sweep's parent opens when its jobs are queued behind
+the sweep before, so these overlap and add up to more than the wall time). The numbers: each
+job's test accuracy on both sides, paired; the sides shuffle differently (Keras's shuffle vs
+our per-epoch permutations), so they agree within seed noise, not to the digit. transfer_ab's
+model A is trained once per recipe on both sides (the pipeline logs it and each job loads it;
+the notebook keeps it in memory).
 Target: the pipeline in at most half the notebook's time (--target: another speed-up; make bench
 asks x3 of the whole chapter, x2 of init_activation alone, x1.5 of seed_notebook alone).
 """
