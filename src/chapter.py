@@ -113,11 +113,11 @@ def wind_down(waiting: deque, error: BaseException) -> None:
 def shared_workers():
     """Sweeps run inside this block leave the parallel launcher's workers up for the next one, and
     return once their jobs are queued (sweep.QUEUE)."""
-    sweep.REUSE_WORKERS, sweep.QUEUE = True, []
+    sweep.QUEUE = []
     try:
         yield
     finally:
-        sweep.REUSE_WORKERS, sweep.QUEUE = False, None
+        sweep.QUEUE = None
     sweep.release_workers()  # only after success: interrupted workers are still closing their runs
 
 

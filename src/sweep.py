@@ -95,9 +95,9 @@ def hold(sweep_dir: Path):
     return lock
 
 
-REUSE_WORKERS = False  # src.chapter: another sweep follows in this process and reuses the workers
-# src.chapter: a list while sweeps may overlap. A sweep then returns as soon as its jobs are queued on
-# the workers, leaving a QueuedSweep here, so that the next sweep's jobs queue behind them.
+# src.chapter: a list while several sweeps run in this process on the same workers. A sweep then
+# returns as soon as its jobs are queued on them, leaving a QueuedSweep here, so that the next
+# sweep's jobs queue behind them; and the workers stay up for it (release_workers).
 QUEUE: list["QueuedSweep"] | None = None
 
 
@@ -131,7 +131,7 @@ def release_workers() -> None:
     process takes ~2 s to tear down: 2 s of every parallel sweep spent waiting on idle
     processes. Nothing is running in them now (every job returned), so they are killed.
     """
-    if REUSE_WORKERS:
+    if QUEUE is not None:  # src.chapter: another sweep follows and reuses them
         return
     executor = live_workers()
     if executor is not None:
