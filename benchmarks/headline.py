@@ -27,6 +27,8 @@ same epochs, seeds, batch sizes and data (at most the first --train-size trainin
             passes where the experiment asks for them (the book's way: the whole test set
             per call). No tracking.
 
+Order: the sides take turns going first, the notebook in the first round (--repeats 2:
+notebook, pipeline, pipeline, notebook), so that drift on a shared machine weighs on both.
 Timed: each side's wall time for all the jobs, start-up included (the notebook side counts from
 its imports); per experiment: the notebook's jobs, and the pipeline's sweep from its parent
 run's start to its end (in one process, a sweep's parent opens when its jobs are queued behind
@@ -205,6 +207,33 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
     return model, accuracy
 
 
+def expand(name: str, extras: list[str]) -> list[dict]:
+    """The experiment's jobs as its sweep runs them (Hydra's basic sweeper, the values of each job's
+    swept keys, in order), known before either side runs so that either can go first."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: PLC0415
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    given = OverridesParser.create().parse_overrides([f"experiment={name}", *extras])
+    fixed = [override.input_line for override in given if not override.is_sweep_override()]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        params = compose("config", fixed, return_hydra_config=True).hydra.sweeper.params
+    overrides = [*OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]),
+                 *given]
+    swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
+    return [{key: value for key, value in (item.split("=", 1) for item in job) if key in swept}
+            for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def overrides(jobs: dict[str, list], extras: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """Each job's whole set of overrides, {experiment: [{key: value}, ...]}, from its swept values (alone or
+    paired with a result) and the experiment's narrowing: the same jobs compare equal whichever keys
+    a way's sweep counts as swept (the repro way's files make a single seed a fixed value)."""
+    return {name: [dict(item.split("=", 1) for item in extras[name]) | (job[0] if isinstance(job, tuple | list)
+                                                                          else job) for job in records]
+            for name, records in jobs.items()}
+
+
 def fashion_experiments() -> list[str]:
     """The chapter's Fashion-MNIST experiments, in dvc repro's order (params.yaml)."""
     datasets = load_params(REPO / "params.yaml")["experiments"]["datasets"]
@@ -218,7 +247,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=20000,
                         help="at most the first N training images; 0: each experiment's own (all; transfer_ab: 200)")
     parser.add_argument("--seeds", default="42", help="a seed, a Hydra list (42,43) or all (the sweep's own)")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of (pipeline, notebook)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of both sides, taking turns first")
     parser.add_argument("--ways", default="chapter", help="how our pipeline runs, comma-separated: "
                         + "; ".join(f"{way}: {meaning}" for way, meaning in WAYS.items()))
     parser.add_argument("--target", type=float, default=TARGET, help="the speed-up the figure must reach")
@@ -230,17 +259,25 @@ def main() -> None:
     if unknown := set(ways) - set(WAYS):
         parser.error(f"unknown --ways {', '.join(sorted(unknown))}; choose from {', '.join(WAYS)}")
     began, extras = time.perf_counter(), {name: shrink(name, args.train_size, args.seeds) for name in args.experiments}
+    jobs = {name: expand(name, extras[name]) for name in args.experiments}
     runs = []
     for repeat in range(args.repeats):
+        # The sides take turns going first (at --repeats 2: notebook, pipeline, pipeline, notebook), so that a
+        # shared machine slowing down or speeding up during the run weighs on both sides alike.
+        notebook_first = repeat % 2 == 0
+        if notebook_first:
+            theirs, theirs_each, theirs_accuracy = notebook(jobs, extras)
         ours = {}
         for way in ways:
             with tempfile.TemporaryDirectory(prefix="bench-headline-") as folder:
                 total, each, accuracy = pipeline(args.experiments, extras, Path(folder), way)
             ours[way] = {"pipeline_s": total, "seconds_per_experiment": each, "accuracy": accuracy}
-        jobs = {name: [params for params, _ in records] for name, records in ours[ways[0]]["accuracy"].items()}
-        theirs, theirs_each, theirs_accuracy = notebook(jobs, extras)
-        runs.append({"notebook_s": theirs, "notebook_seconds_per_experiment": theirs_each,
-                     "notebook": theirs_accuracy, "pipeline": ours})
+            if (ran := overrides(accuracy, extras)) != overrides(jobs, extras):
+                raise SystemExit(f"pipeline ({way}) ran other jobs than the notebook side: {ran} vs {jobs}")
+        if not notebook_first:
+            theirs, theirs_each, theirs_accuracy = notebook(jobs, extras)
+        runs.append({"notebook_first": notebook_first, "notebook_s": theirs,
+                     "notebook_seconds_per_experiment": theirs_each, "notebook": theirs_accuracy, "pipeline": ours})
         for way in ways:
             print(f"repeat {repeat + 1}/{args.repeats}, {way}: pipeline {ours[way]['pipeline_s']:.0f} s, notebook "
                   f"{theirs:.0f} s; per experiment: " + ", ".join(
