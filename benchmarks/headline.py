@@ -225,12 +225,11 @@ def expand(name: str, extras: list[str]) -> list[dict]:
             for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def overrides(jobs: dict[str, list], extras: dict[str, list[str]]) -> dict[str, list[dict]]:
-    """Each job's whole set of overrides, {experiment: [{key: value}, ...]}, from its swept values (alone or
-    paired with a result) and the experiment's narrowing: the same jobs compare equal whichever keys
-    a way's sweep counts as swept (the repro way's files make a single seed a fixed value)."""
-    return {name: [dict(item.split("=", 1) for item in extras[name]) | (job[0] if isinstance(job, tuple | list)
-                                                                          else job) for job in records]
+def overrides(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """Each job's whole set of overrides, {experiment: [{key: value}, ...]}, from its swept values and the
+    experiment's narrowing: the same jobs compare equal whichever keys a way's sweep counts as swept
+    (the repro way's files make a single seed a fixed value)."""
+    return {name: [dict(item.split("=", 1) for item in extras[name]) | job for job in records]
             for name, records in jobs.items()}
 
 
@@ -272,7 +271,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-headline-") as folder:
                 total, each, accuracy = pipeline(args.experiments, extras, Path(folder), way)
             ours[way] = {"pipeline_s": total, "seconds_per_experiment": each, "accuracy": accuracy}
-            if (ran := overrides(accuracy, extras)) != overrides(jobs, extras):
+            ran = {name: [params for params, _ in records] for name, records in accuracy.items()}
+            if overrides(ran, extras) != overrides(jobs, extras):
                 raise SystemExit(f"pipeline ({way}) ran other jobs than the notebook side: {ran} vs {jobs}")
         if not notebook_first:
             theirs, theirs_each, theirs_accuracy = notebook(jobs, extras)

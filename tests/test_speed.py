@@ -116,5 +116,5 @@ def test_the_headline_knows_each_experiments_jobs_before_either_side_runs():
     assert len(init) == 24 and len({tuple(sorted(job.items())) for job in init}) == 24
     # the repro way's experiment files fix a single seed, so its jobs.json leaves "seed" out: the same jobs
     extras = {"seed_notebook": ["data.train_size=20000", "seed=42"]}
-    assert (overrides({"seed_notebook": [({"+variant/seed_notebook": "model1"}, 0.8)]}, extras)
+    assert (overrides({"seed_notebook": [{"+variant/seed_notebook": "model1"}]}, extras)
             == overrides({"seed_notebook": [{"+variant/seed_notebook": "model1", "seed": "42"}]}, extras))
