@@ -290,3 +290,17 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def compose(overrides: list[str]) -> dict:
+    """conf/config.yaml with Hydra overrides, as one job (an experiment file's sweep settings dropped),
+    validated as src.train validates a job."""
+    from hydra import compose as hydra_compose  # noqa: PLC0415
+    from hydra import initialize_config_dir  # noqa: PLC0415
+    from omegaconf import open_dict  # noqa: PLC0415
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return validate(cfg)

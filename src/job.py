@@ -26,6 +26,7 @@ from src.data.shared import prepared_once
 from src.errors import one_line
 from src.families import FAMILIES, has_source
 from src.paths import in_repo
+from src.system_metrics import EpochSampler
 
 if TYPE_CHECKING:  # imported in run_job: it loads Keras
     from src.resume import ResumeState
@@ -34,16 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: str | None = None,
-          overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
+          overrides: list[str] | tuple[str, ...] = (), role: str | None = None,
+          tags: dict[str, str] | None = None) -> dict:
     """Validate cfg and run it as one job (run_job)."""
-    return run_job(validate(cfg), workdir, parent_run_id, overrides, role)
+    return run_job(validate(cfg), workdir, parent_run_id, overrides, role, tags)
 
 
 def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None = None,
-            overrides: list[str] | tuple[str, ...] = (), role: str | None = None) -> dict:
+            overrides: list[str] | tuple[str, ...] = (), role: str | None = None,
+            tags: dict[str, str] | None = None) -> dict:
     """Run one job of a validated config; returns its test metrics, run id and whether it was skipped.
 
-    role names a run that another job needs (a transfer source), as a tag and run name.
+    role names a run that another job needs (a transfer source), as a tag and run name; tags are
+    added to the run's own (a rerun's ch11.rerun_of).
     """
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
@@ -70,7 +74,7 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
         return done
     run_id = tracking.start_run(client, experiment_id, state.run_id, parent_run_id,
                                 " ".join(overrides)[:100] or role or "default",
-                                run_tags(config, identity, overrides, role, source_run))
+                                run_tags(config, identity, overrides, role, source_run) | (tags or {}))
     state.remember_run(run_id)
     result = run_to_the_end(config, data, client, run_id, state, workdir, source)
     scores = ", ".join(f"{key} {result[key]:.4f}" for key in ("test_accuracy", "test_loss") if key in result)
@@ -92,6 +96,7 @@ def previous_result(client, experiment_id: str, run_key: str, force: bool, state
 def run_tags(config: dict, identity: dict, overrides, role: str | None, source_run: str | None) -> dict[str, str]:
     """What finds the run again: its identity, the commit, the overrides, the dataset, its role and source."""
     return {**{f"{tracking.TAG}{key}": value for key, value in identity.items()}, **tracking.git_tags(),
+            f"{tracking.TAG}versions": tracking.package_versions(),
             **override_tags(overrides), f"{tracking.TAG}dataset": config["data"]["name"],
             **({f"{tracking.TAG}role": role} if role else {}),
             **({f"{tracking.TAG}source_run": source_run} if source_run else {})}
@@ -139,7 +144,7 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
             sink(epoch, logs)
 
     engine = engine_for(config["model"]["name"])
-    result = engine.fit_and_evaluate(config, data, state, sink, folder, source)
+    result = engine.fit_and_evaluate(config, data, state, EpochSampler(sink), folder, source)
     model, example, confusion = result.pop("model"), result.pop("example"), result.pop("confusion_matrix", None)
     calibrated = result.pop("calibration", None)
     sink(result["epochs_run"], result)

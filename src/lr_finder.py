@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 from hydra.errors import HydraException
-from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from src.cli import error_line, one_line_errors
-from src.config import flatten, validate
+from src.config import compose, flatten
 from src.errors import ConfigError, LabError
-from src.paths import REPO, in_repo, write_json
+from src.paths import in_repo, write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXPERIMENT = "lr_finder"
@@ -137,14 +136,8 @@ def record(config: dict, curve: Curve, found: dict, settings: dict) -> str:
 
 
 def compose_config(overrides: list[str]) -> dict:
-    """conf/config.yaml with Hydra overrides, validated as src.train validates a job."""
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)  # an experiment file's sweep settings: the finder runs one config
-    config = validate(cfg)
+    """conf/config.yaml with Hydra overrides, validated as src.train validates a job, for the MLP family."""
+    config = compose(overrides)
     if config["model"]["name"] != "mlp":
         raise ConfigError(f"model={config['model']['name']}: the finder trains the MLP family; use model=mlp")
     return config

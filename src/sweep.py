@@ -30,9 +30,18 @@ from src.paths import in_repo, write_json
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent.json"
 JOBS_FILE = "jobs.json"
+STOP_FILE = "fail_fast.stop"  # a failed job's note to the jobs after it (hydra.sweeper.fail_fast=true)
+
+
+class NotRun(LabError):
+    """A job the sweep did not start: an earlier job failed, and the sweep stops at the first failure."""
 
 
 class ValidatingSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, fail_fast: bool = False):
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.fail_fast = fail_fast  # read by the jobs themselves (stop_if_failed_before, job_failed)
+
     def sweep(self, arguments: list[str]) -> Any:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
@@ -47,6 +56,7 @@ class ValidatingSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         lock = hold(sweep_dir)  # held until the sweep is concluded
         (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier sweep's failure stops none of these jobs
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs, sweep_dir, arguments)
         conclude = functools.partial(self.conclude, parent, sweep_dir, jobs, swept)
@@ -75,7 +85,8 @@ class ValidatingSweeper(BasicSweeper):
         release_workers()  # not after an interrupt: the workers are still closing their runs
         report_failures(failures, len(jobs), parent)
         jobs_file = record_jobs(sweep_dir, parent, jobs, swept, returns)
-        parent.end("FINISHED", tags={"ch11.skipped": str(skipped)}, artifact=jobs_file)  # skipped: finished before
+        parent.end("FINISHED", tags={"ch11.skipped": str(skipped)}, artifact=jobs_file,  # skipped: finished before
+                   jobs=[job for job in json.loads(jobs_file.read_text())["jobs"] if job["run_id"]])
         return results
 
     def job_config(self, job: list[str]) -> dict:
@@ -183,12 +194,41 @@ def job_error(job_return) -> BaseException:
 def report_failures(failures: list, n_jobs: int, parent: "ParentRun") -> None:
     if not failures:
         return
-    lines = [f"job {index} ({' '.join(job)}): {error}" for index, job, error in failures]
-    parent.end("FAILED", "; ".join(lines))
-    for _, _, error in failures:
+    failed = [(index, job, error) for index, job, error in failures if not isinstance(error, NotRun)]
+    lines = [f"job {index} ({' '.join(job)}): {error}" for index, job, error in failed]
+    stopped = len(failures) - len(failed)
+    tail = f"; {stopped} not run (hydra.sweeper.fail_fast=true stops at the first failure)" if stopped else ""
+    parent.end("FAILED", "; ".join(lines) + tail)
+    for _, _, error in failed:
         if not isinstance(error, LabError):
             raise error  # a bug, not a user problem: keep its traceback
-    raise LabError(f"{len(failures)} of {n_jobs} jobs failed: " + " | ".join(lines))
+    raise LabError(f"{len(failed)} of {n_jobs} jobs failed: " + " | ".join(lines) + tail)
+
+
+# -- in a job's process (src.train), whichever launcher started it ---------------------------------
+
+def stop_if_failed_before(hydra_config) -> None:
+    """With hydra.sweeper.fail_fast=true, a job that starts after another failed refuses at once."""
+    stop = Path(hydra_config.sweep.dir) / STOP_FILE
+    if hydra_config.sweeper.get("fail_fast") and stop.is_file():
+        raise NotRun(f"not run: {stop.read_text().strip()} failed first (hydra.sweeper.fail_fast=true)")
+
+
+def job_failed(hydra_config, error: BaseException) -> None:
+    """As a job fails: one line on stderr at once (the sweep's report waits for every job), and with
+    fail_fast the note that stops the jobs not yet started."""
+    from src.cli import error_line  # noqa: PLC0415
+
+    if isinstance(error, NotRun):
+        return
+    fail_fast = bool(hydra_config.sweeper.get("fail_fast"))
+    job = f"job {hydra_config.job.num}"
+    print(f"{job} failed ({' '.join(hydra_config.overrides.task)}): {error_line(error)}; "
+          + ("the jobs not yet started will not run (hydra.sweeper.fail_fast=true)" if fail_fast
+             else "the other jobs go on (hydra.sweeper.fail_fast=true stops at the first failure)"),
+          file=sys.stderr, flush=True)
+    if fail_fast:
+        (Path(hydra_config.sweep.dir) / STOP_FILE).write_text(f"{job}\n")
 
 
 class ParentRun:
@@ -205,6 +245,7 @@ class ParentRun:
                 f"{tracking.TAG}jobs": str(len(configs)), tracking.PROCESS_TAG: tracking.process_id(),
                 **tracking.git_tags()}
         self.run_id = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
+        self.experiment, self.sweep_dir = config["name"], sweep_dir
         (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.run_id, "experiment_id": experiment_id}))
         self.ended = False
         for name, path in {(job["data"]["name"], job["data"]["path"]) for job in configs}:
@@ -219,8 +260,9 @@ class ParentRun:
         tracking.log_dataset(self.client, self.run_id, name, path, digest, "training")
 
     def end(self, status: str, reason: str | None = None, tags: dict[str, str] | None = None,
-            artifact: Path | None = None) -> None:
-        """Close the parent run; a store that stopped answering is a TrackingError naming it."""
+            artifact: Path | None = None, jobs: list[dict] | None = None) -> None:
+        """Close the parent run, with the seed aggregates of jobs (jobs.json's records) where given;
+        a store that stopped answering is a TrackingError naming it."""
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
         from src import tracking  # noqa: PLC0415
@@ -233,6 +275,10 @@ class ParentRun:
                 self.client.set_tag(self.run_id, key, value)
             if artifact is not None:
                 self.client.log_artifact(self.run_id, str(artifact))
+            if jobs:
+                from src import aggregates  # noqa: PLC0415 (scipy: only when a sweep ends)
+
+                aggregates.record(self.client, self.run_id, self.experiment, jobs, self.sweep_dir)
             tracking.end_run(self.client, self.run_id, status, reason)
         except (MlflowException, OSError) as lost:
             # the jobs' own errors are in the log; what matters now is the store

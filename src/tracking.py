@@ -7,6 +7,7 @@ same place whatever the working directory. It is checked before any training sta
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -370,3 +371,21 @@ def git_tags() -> dict[str, str]:
         return {f"{TAG}git_dirty": "unknown (not a git checkout)"}
     return {"mlflow.source.git.commit": commit, f"{TAG}git_dirty": str(bool(git("status", "--porcelain")))}
 
+
+# The packages whose versions can move a result: a rerun (python -m src.runs rerun) reports the ones that changed.
+VERSIONED = ("tensorflow", "keras", "numpy", "mlflow", "hydra-core", "scipy")
+
+
+@functools.cache
+def package_versions() -> str:
+    """The run's ch11.versions tag: "python=3.11.7 tensorflow=2.21.0 ..."."""
+    import platform  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "absent"
+
+    return " ".join([f"python={platform.python_version()}", *(f"{name}={installed(name)}" for name in VERSIONED)])

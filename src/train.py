@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from src import sweep
 from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
@@ -38,15 +39,20 @@ def main(cfg: DictConfig) -> dict:
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
+        if in_sweep:
+            sweep.stop_if_failed_before(hydra_config)
         config = validate(cfg)  # a config mistake is one line at once, before TensorFlow and MLflow load
         from src.job import run_job  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
-        from src.sweep import parent_run_id  # noqa: PLC0415
 
         return run_job(config, Path(hydra_config.runtime.output_dir),
-                       parent_run_id(hydra_config.sweep.dir) if in_sweep else None, list(hydra_config.overrides.task))
-    except LabError as error:
+                       sweep.parent_run_id(hydra_config.sweep.dir) if in_sweep else None,
+                       list(hydra_config.overrides.task))
+    except Exception as error:
         if in_sweep:
-            raise  # the sweeper reports it once the other jobs have run
+            sweep.job_failed(hydra_config, error)  # one line now; the sweeper reports all once the others ran
+            raise
+        if not isinstance(error, LabError):
+            raise  # a bug: its traceback
         print(f"error: {error_line(error)}", file=sys.stderr)  # before Hydra adds its own report
         sys.exit(USER_ERROR_EXIT)
 

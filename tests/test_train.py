@@ -1,6 +1,7 @@
 """The training engine end to end: the real config, shrunk, on a few hundred real
 Fashion-MNIST images, into a temporary MLflow store read back with MlflowClient."""
 
+import os
 import time
 
 import mlflow
@@ -38,6 +39,11 @@ def test_a_run_records_params_metrics_model_artifacts_and_tags(make_config, stor
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s"):
         assert [step for step, _ in history(client, run.info.run_id, key)] == [1, 2], key
     assert [step for step, _ in history(client, run.info.run_id, "grad_norm/hidden_01")] == [0, 1, 2]
+    for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage",
+                "process_cpu_percentage", "process_memory_rss_megabytes"):  # MLflow's system metrics, per epoch
+        assert [step for step, _ in history(client, run.info.run_id, f"system/{key}")] == [1, 2], key
+    assert run.data.metrics["system/process_memory_rss_megabytes"] > 100  # TensorFlow alone takes more
+    assert 0 < run.data.metrics["system/process_cpu_percentage"] <= 100 * len(os.sched_getaffinity(0))
     assert {"grad_norm/output", "act_mean/hidden_03", "act_std/hidden_03"} <= set(run.data.metrics)
     assert 0.3 < run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
     assert 0.3 < run.data.metrics["test_mc_dropout_accuracy"] <= 1
@@ -127,6 +133,29 @@ def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_np
                          and "mlflow.parentRunId" not in run.data.tags)
     assert second_parent.data.tags["ch11.skipped"] == "2"
     assert len(runs(store)) == 4  # two parents, the same two children
+
+
+def test_a_failed_job_is_one_line_at_once_and_fail_fast_stops_the_jobs_not_yet_started(fashion_npz, store, tmp_path,
+                                                                                         cli_env):
+    missing = tmp_path / "missing.npz"
+    given = [item for item in shrunk(fashion_npz, store, tmp_path, train_size=300) if not item.startswith("data.path=")]
+    args = ["-m", f"data.path={missing},{fashion_npz}", "epochs=1", *given]
+    fast = cli(*args, "hydra.sweeper.fail_fast=true", f"hydra.sweep.dir={tmp_path / 'fast'}", env=cli_env)
+    assert fast.returncode == 2
+    (notice,) = [line for line in fast.stderr.splitlines() if line.startswith("job 0 failed")]
+    assert str(missing) in notice and "the jobs not yet started will not run" in notice
+    (line,) = [line for line in fast.stderr.splitlines() if line.startswith("error:")]
+    assert "1 of 2 jobs failed: job 0" in line and "1 not run (hydra.sweeper.fail_fast=true" in line
+    parents, children = parent_and_children(store)
+    assert children == [] and parents[0].info.status == "FAILED"  # job 1 never started a run
+
+    on = cli(*args, f"hydra.sweep.dir={tmp_path / 'on'}", env=cli_env)  # the default: the other jobs go on
+    assert on.returncode == 2
+    (notice,) = [line for line in on.stderr.splitlines() if line.startswith("job 0 failed")]
+    assert "the other jobs go on" in notice
+    (line,) = [line for line in on.stderr.splitlines() if line.startswith("error:")]
+    assert "1 of 2 jobs failed: job 0" in line and "not run" not in line
+    assert [run.info.status for run in parent_and_children(store)[1]] == ["FINISHED"]
 
 
 def test_a_dead_tracking_server_is_one_line_and_exit_2_on_the_command_line(tmp_path, cli_env):

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, cli, parent_and_children, quiet_env, shrunk
 from mlflow.tracking import MlflowClient
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from services import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -49,10 +50,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def swept_ui(tmp_path_factory, fashion_npz):
-    """`mlflow ui` (what `make ui` starts) on a store filled by a 2-job sweep of 2 epochs."""
+    """`mlflow ui` (what `make ui` starts) on a store filled by a sweep of 2 epochs: 2 arms x 2 seeds."""
     folder = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    result = cli("-m", "optimizer=adam,nadam", *shrunk(fashion_npz, store, folder, train_size=300),
+    result = cli("-m", "optimizer=adam,nadam", "seed=1,2", *shrunk(fashion_npz, store, folder, train_size=300),
                  f"hydra.sweep.dir={folder / 'sweep'}", env=quiet_env())
     assert result.returncode == 0, result.stderr[-3000:]
     with MlflowServer("ui", store, folder / "mlartifacts", folder / "ui.log") as server:
@@ -96,7 +97,7 @@ def test_the_ui_shows_the_experiment_the_sweep_its_children_a_metric_chart_and_t
     (parent,), children = parent_and_children(store)
     base = f"{server.uri}/#/experiments/{experiment.experiment_id}"
 
-    # the experiment's runs: the sweep's parent, expanded to show its two children
+    # the experiment's runs: the sweep's parent, expanded to show its children
     open_page(browser, f"{base}/runs?workflowType=machine_learning")
     wait_for_text(browser, "test", parent.info.run_name, "fashion_mnist")
     assert not any(child.info.run_name in page_text(browser) for child in children)  # folded under the parent
@@ -125,3 +126,34 @@ def test_the_ui_shows_the_experiment_the_sweep_its_children_a_metric_chart_and_t
 
     wait_until(browser, only_val_accuracy_drawn, "the search never left the drawn val_accuracy charts")
     save_screenshot(browser, screenshots / "mlflow_ui_chart.png")
+
+
+def test_grouped_by_arm_the_runs_table_shows_one_row_per_arm(browser, swept_ui, tmp_path):
+    """The children's arm tag (src/aggregates.py) makes the UI's "Group by" show one row per arm,
+    each with its seeds' runs (mlflow_ui_grouped.png); the parent holds the arms' aggregates."""
+    screenshots = REPO / os.environ[SCREENSHOTS_ENV] if os.environ.get(SCREENSHOTS_ENV) else tmp_path
+    server, store = swept_ui
+    experiment = MlflowClient(store).get_experiment_by_name("test")
+    (parent,), children = parent_and_children(store)
+    assert {child.data.tags["arm"] for child in children} == {"adam", "nadam"}
+    assert {"test_accuracy/adam/mean", "test_accuracy/nadam/ci95_high"} <= set(parent.data.metrics)
+
+    open_page(browser, f"{server.uri}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+    wait_for_text(browser, parent.info.run_name)
+    group_by = wait_until(browser, lambda: next((button for button in browser.find_elements(By.TAG_NAME, "button")
+                                                 if button.text.strip() == "Group by"), None), "no Group by button")
+    group_by.click()
+    search = wait_until(browser, lambda: next((box for box in browser.find_elements(By.CSS_SELECTOR,
+                                                                                    "input[placeholder='Search']")
+                                               if box.is_displayed()), None), "no search box in the Group by menu")
+    search.send_keys("arm")
+    option = wait_until(browser, lambda: next((item for item in browser.find_elements(By.CSS_SELECTOR,
+                                                                                      "[role='menuitemcheckbox']")
+                                               if item.text.strip() == "arm"), None), "no arm tag to group by")
+    option.click()
+    search.send_keys(Keys.ESCAPE)
+    text = wait_for_text(browser, "Group by: arm")
+    rows = browser.find_elements(By.XPATH, "//*[@role='row'][.//*[contains(text(), 'adam')]]")
+    assert rows and "nadam" in text
+    assert not any(child.info.run_name in text for child in children)  # folded into their arm's row
+    save_screenshot(browser, screenshots / "mlflow_ui_grouped.png")
