@@ -22,7 +22,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from src import sweep
 from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
@@ -36,6 +35,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a tran
 # when this file is imported (src.chapter runs it in-process) rather than run as a script.
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict:
+    # Imported here, not above: Hydra's plugin scan, before main runs, imports its core plugins afresh, and a
+    # sweeper module imported earlier would subclass the BasicSweeper it replaces.
+    from src import sweep  # noqa: PLC0415
+
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
