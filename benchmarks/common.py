@@ -25,8 +25,8 @@ def spread(values: list[float]) -> dict:
 
 def figure(name: str, ratios: list[float], target: float | None, detail: str, higher_is_better: bool = True,
            unit: str = "x") -> dict:
-    """One row of the report: a ratio's (unit "x") or a difference's (unit "s", seconds) spread over
-    repeats, its target and whether it was met."""
+    """One row of the report: a ratio's (unit "x") or a difference's (unit "s", seconds; "pts", accuracy
+    points) spread over repeats, its target and whether it was met."""
     stats = spread(ratios)
     met = None if target is None else (stats["median"] >= target if higher_is_better else stats["median"] <= target)
     return {"name": name, **stats, "target": target, "higher_is_better": higher_is_better, "met": met,
@@ -34,8 +34,8 @@ def figure(name: str, ratios: list[float], target: float | None, detail: str, hi
 
 
 def value(row: dict, key: str = "median") -> str:
-    """A figure's value as the report writes it: x2.13 for a ratio, +0.84 s for a difference."""
-    return f"{row[key]:+.2f} s" if row.get("unit") == "s" else f"x{row[key]:.2f}"
+    """A figure's value as the report writes it: x2.13 for a ratio, +0.84 s or +0.12 pts for a difference."""
+    return f"{row[key]:+.2f} {row['unit']}" if row.get("unit") in ("s", "pts") else f"x{row[key]:.2f}"
 
 
 def machine() -> dict:

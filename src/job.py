@@ -26,6 +26,7 @@ from src.data.shared import prepared_once
 from src.errors import one_line
 from src.families import FAMILIES, has_source
 from src.paths import in_repo
+from src.pruning import Reporter, TrialPruned
 from src.system_metrics import EpochSampler
 
 if TYPE_CHECKING:  # imported in run_job: it loads Keras
@@ -43,11 +44,12 @@ def train(cfg: DictConfig | dict, workdir: Path | None = None, parent_run_id: st
 
 def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None = None,
             overrides: list[str] | tuple[str, ...] = (), role: str | None = None,
-            tags: dict[str, str] | None = None) -> dict:
+            tags: dict[str, str] | None = None, trial: dict | None = None) -> dict:
     """Run one job of a validated config; returns its test metrics, run id and whether it was skipped.
 
     role names a run that another job needs (a transfer source), as a tag and run name; tags are
-    added to the run's own (a rerun's ch11.rerun_of).
+    added to the run's own (a rerun's ch11.rerun_of); trial is the Optuna trial of a pruned
+    search (src/pruning.py): a pruned job returns its last epoch's metrics and pruned_at_epoch.
     """
     client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
@@ -76,10 +78,11 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
                                 " ".join(overrides)[:100] or role or "default",
                                 run_tags(config, identity, overrides, role, source_run) | (tags or {}))
     state.remember_run(run_id)
-    result = run_to_the_end(config, data, client, run_id, state, workdir, source)
+    result = run_to_the_end(config, data, client, run_id, state, workdir, source, trial)
     scores = ", ".join(f"{key} {result[key]:.4f}" for key in ("test_accuracy", "test_loss") if key in result)
-    log.info("run %s finished: %s after %d epochs (MLflow experiment %r at %s)", run_id, scores,
-             result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
+    log.info("run %s %s: %s after %d epochs (MLflow experiment %r at %s)", run_id,
+             "pruned" if result.get("pruned_at_epoch") else "finished", scores, result["epochs_run"],
+             config["name"], tracking.tracking_uri(config["tracking"]))
     return {**result, "run_id": run_id, "skipped": False}
 
 
@@ -103,13 +106,19 @@ def run_tags(config: dict, identity: dict, overrides, role: str | None, source_r
 
 
 def run_to_the_end(config: dict, data, client, run_id: str, state: "ResumeState", workdir: Path | None,
-                   source) -> dict:
+                   source, trial: dict | None = None) -> dict:
     """Train and record inside the open run, then end it: FINISHED, or KILLED / FAILED with the
-    resume state kept, so that the same command resumes it."""
+    resume state kept, so that the same command resumes it (a pruned trial too: KILLED, tagged)."""
     try:
         with workspace(workdir) as folder:
-            result = record(config, data, client, run_id, state, folder, source)
+            result = record(config, data, client, run_id, state, folder, source, trial)
         tracking.end_run(client, run_id, "FINISHED")
+    except TrialPruned as pruned:
+        state.release()
+        tracking.set_tag(client, run_id, f"{tracking.TAG}pruned_at_epoch", str(pruned.epoch))
+        tracking.set_tag(client, run_id, f"{tracking.TAG}pruned", str(pruned))
+        tracking.end_run(client, run_id, "KILLED")
+        return pruned.result()
     except BaseException as error:
         state.release()  # kept: the same command resumes from the last finished epoch (or skips)
         try:
@@ -130,7 +139,8 @@ def close_stopped_run(client, run_id: str, error: BaseException) -> None:
                          "interrupted (SIGTERM or Ctrl-C)" if interrupted else one_line(error) or type(error).__name__)
 
 
-def record(config: dict, data, client, run_id: str, state, folder: Path, source=None) -> dict:
+def record(config: dict, data, client, run_id: str, state, folder: Path, source=None, trial: dict | None = None
+           ) -> dict:
     """Inside the open run: params, dataset, training, metrics, then what the run leaves behind."""
     tracking.log_params(client, run_id, flatten(config))
     sink = tracking.MetricSink(client, run_id)
@@ -144,7 +154,10 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
             sink(epoch, logs)
 
     engine = engine_for(config["model"]["name"])
-    result = engine.fit_and_evaluate(config, data, state, EpochSampler(sink), folder, source)
+    monitor = EpochSampler(sink)
+    if trial:  # a pruned search's trial: each epoch's objective to Optuna, which may stop it
+        monitor = Reporter(trial).watch(monitor)
+    result = engine.fit_and_evaluate(config, data, state, monitor, folder, source)
     model, example, confusion = result.pop("model"), result.pop("example"), result.pop("confusion_matrix", None)
     calibrated = result.pop("calibration", None)
     sink(result["epochs_run"], result)

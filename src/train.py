@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from src import pruning
 from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
@@ -47,9 +48,9 @@ def main(cfg: DictConfig) -> dict:
         config = validate(cfg)  # a config mistake is one line at once, before TensorFlow and MLflow load
         from src.job import run_job  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
 
-        return run_job(config, Path(hydra_config.runtime.output_dir),
-                       sweep.parent_run_id(hydra_config.sweep.dir) if in_sweep else None,
-                       list(hydra_config.overrides.task))
+        parent = sweep.parent_run_id(hydra_config.sweep.dir) if in_sweep else None
+        return run_job(config, Path(hydra_config.runtime.output_dir), parent, list(hydra_config.overrides.task),
+                       trial=pruning.trial_of(hydra_config.sweep.dir, hydra_config.job.num, parent))
     except Exception as error:
         if in_sweep:
             sweep.job_failed(hydra_config, error)  # one line now; the sweeper reports all once the others ran

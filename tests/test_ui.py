@@ -33,8 +33,8 @@ def browser_paths() -> tuple[str, str]:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@pytest.fixture
+def browser():  # one per test: a fresh profile, as the UI keeps a view's grouping in the browser's storage
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -142,20 +142,24 @@ def test_grouped_by_arm_the_runs_table_shows_one_row_per_arm(browser, swept_ui, 
 
     open_page(browser, f"{server.uri}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
     wait_for_text(browser, parent.info.run_name)
-    group_by = wait_until(browser, lambda: next((button for button in browser.find_elements(By.TAG_NAME, "button")
-                                                 if button.text.strip() == "Group by"), None), "no Group by button")
-    group_by.click()
-    search = wait_until(browser, lambda: next((box for box in browser.find_elements(By.CSS_SELECTOR,
-                                                                                    "input[placeholder='Search']")
-                                               if box.is_displayed()), None), "no search box in the Group by menu")
-    search.send_keys("arm")
-    option = wait_until(browser, lambda: next((item for item in browser.find_elements(By.CSS_SELECTOR,
-                                                                                      "[role='menuitemcheckbox']")
-                                               if item.text.strip() == "arm"), None), "no arm tag to group by")
-    option.click()
-    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # the menu re-renders its search box on a click
+    group_runs_by(browser, "arm")
     text = wait_for_text(browser, "Group by: arm", "Group: adam", "Group: nadam")
     save_screenshot(browser, screenshots / "mlflow_ui_grouped.png")
     for arm in ("adam", "nadam"):  # one row per arm, counting its two seeds' runs
         assert re.search(rf"Group: {arm}\s+2\b", text), text
     assert re.search(r"Additional runs\s+1\b", text), text  # the parent has no arm
+
+
+def group_runs_by(browser, tag: str) -> None:
+    """The runs table's "Group by" menu: search the tag, tick it, close the menu."""
+    def first(selector: str, matches):
+        return next((element for element in browser.find_elements(By.CSS_SELECTOR, selector) if matches(element)),
+                    None)
+
+    wait_until(browser, lambda: first("button", lambda button: button.text.strip() == "Group by"),
+               "no Group by button").click()
+    wait_until(browser, lambda: first("input[placeholder='Search']", lambda box: box.is_displayed()),
+               "no search box in the Group by menu").send_keys(tag)
+    wait_until(browser, lambda: first("[role='menuitemcheckbox']", lambda item: item.text.strip() == tag),
+               f"no {tag} tag to group by").click()
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # to the page: the menu re-renders its search box

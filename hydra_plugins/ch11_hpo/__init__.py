@@ -7,9 +7,10 @@ from hydra.plugins.sweeper import Sweeper
 
 
 class OptunaSweeper(Sweeper):
-    """Optuna's search, each trial a child run, optimising one job metric (`objective`)."""
+    """Optuna's search, each trial a child run, optimising one job metric (`objective`), pruned by
+    `pruner` (an optuna.pruners config, or None) from inside the training loop."""
 
-    def __init__(self, objective: str, **optuna_settings):
+    def __init__(self, objective: str, pruner=None, **optuna_settings):  # pruner: built; src.hpo reads its config
         # Hydra imports every plugin module at each start: Optuna loads only when this sweeper is chosen.
         from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as Optuna  # noqa: PLC0415
 
