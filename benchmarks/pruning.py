@@ -1,7 +1,7 @@
 """An Optuna search with the median pruner against the same search without it: time, and the best value.
 
-    python -m benchmarks.pruning                         # 12 trials of 8 epochs, 2 repeats: ~15 min
-    python -m benchmarks.pruning --trials 12 --epochs 8 --train-size 10000 --repeats 2 --json out.json
+    python -m benchmarks.pruning                         # 20 trials of 10 epochs, 2 repeats: ~20 min
+    python -m benchmarks.pruning --trials 20 --epochs 10 --train-size 20000 --repeats 2 --json out.json
 
 The search is a user's: `python -m src.train -m hydra/sweeper=hpo` over Adam's learning rate
 (log-uniform, 1e-5 to 0.1) and the MLP's depth (1 to 4) on Fashion-MNIST, TPE with its seed,
@@ -58,9 +58,9 @@ def one_search(side: str, trials: int, epochs: int, train_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of (full, pruned)")
-    parser.add_argument("--trials", type=int, default=12, help="trials per search")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per trial (at most)")
-    parser.add_argument("--train-size", type=int, default=10000, help="first N training images")
+    parser.add_argument("--trials", type=int, default=20, help="trials per search")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (at most)")
+    parser.add_argument("--train-size", type=int, default=20000, help="first N training images")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     began = time.perf_counter()
