@@ -4,7 +4,7 @@
     python -m benchmarks.pruning --trials 20 --epochs 10 --train-size 20000 --repeats 2 --json out.json
 
 The search is a user's: `python -m src.train -m hydra/sweeper=hpo` over Adam's learning rate
-(log-uniform, 1e-5 to 0.1) and the MLP's depth (1 to 4) on Fashion-MNIST, TPE with its seed,
+(log-uniform, 1e-5 to 0.1) and the MLP's depth (range(1, 5): 1 to 5, as the plugin includes the stop) on Fashion-MNIST, TPE with its seed,
 each trial a child run in a fresh SQLite store. pruned: the same command with
 hydra/sweeper/pruner=median (3 trials first run to the end; from epoch 2 a trial below the
 median of the finished trials stops). Sides alternate (full, pruned, full, ...). Timed: the

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
 
-    python -m benchmarks.report                     # all but headline_chapter: ~40 minutes on 2 cores
+    python -m benchmarks.report                     # all but headline_chapter: ~50 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
     python -m benchmarks.report --only headline_chapter
@@ -36,6 +36,8 @@ BENCHMARKS = {
     "train_overhead": ("train_overhead", ["--epochs", "4", "--repeats", "5", "--train-size", "20000", "--jobs", "5"],
                        ["--epochs", "2", "--repeats", "1", "--train-size", "3000", "--jobs", "2"]),
     "feature_cache": ("feature_cache", ["--epochs", "10", "--repeats", "2"], ["--epochs", "2", "--repeats", "1"]),
+    "pruning": ("pruning", ["--trials", "20", "--epochs", "10", "--train-size", "20000", "--repeats", "2"],
+                ["--trials", "5", "--epochs", "3", "--train-size", "2000", "--repeats", "1"]),
     "headline": ("headline", ["--train-size", "20000"], ["--experiments", "seed_notebook", "--train-size", "2000"]),
     "headline_init_activation": ("headline", ["--experiments", "init_activation", "--seeds", "42", "--train-size",
                                               "20000", "--ways", "chapter,repro", "--repeats", "2", "--target", "2"],

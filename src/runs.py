@@ -29,8 +29,8 @@ from src.errors import ConfigError, LabError
 from src.paths import write_text
 
 IDENTITY = (("commit", "mlflow.source.git.commit"), ("uncommitted changes", "ch11.git_dirty"),
-            ("config hash", "ch11.config_hash"), ("code hash", "ch11.code_hash"), ("data hash", "ch11.data_hash"),
-            ("package versions", "ch11.versions"))
+            ("config hash", "ch11.config_hash"), ("code hash", "ch11.code_hash"), ("data hash", "ch11.data_hash"))
+RERUN_SETS = ("tracking.uri", "force")  # a rerun's own: the run's store, and train even though it finished
 SHOWN = ("test_accuracy", "val_accuracy", "test_loss", "val_loss")  # table's default metrics
 LOWER_IS_BETTER = re.compile(r"loss|nll|brier|ece")
 
@@ -112,16 +112,29 @@ def diff(client, first: str, second: str) -> None:
                                              for key in params]))
     print("\nidentity")
     short = 12  # of a commit or a hash: enough to tell them apart here
+    versions = [versions_of(run) for run in (a, b)]
+    moved = sorted(name for name in versions[0].keys() | versions[1].keys()
+                   if versions[0].get(name) != versions[1].get(name))
     print(table_text(["", "A", "B", ""], [
-        [what, *(value if what == "package versions" else value[:short]
-                 for value in (a.data.tags.get(tag, "-"), b.data.tags.get(tag, "-"))),
-         "same" if a.data.tags.get(tag) == b.data.tags.get(tag) else "differs"] for what, tag in IDENTITY]))
+        *([what, a.data.tags.get(tag, "-")[:short], b.data.tags.get(tag, "-")[:short],
+           "same" if a.data.tags.get(tag) == b.data.tags.get(tag) else "differs"] for what, tag in IDENTITY),
+        ["package versions", *(" ".join(f"{name}={found.get(name, '-')}" for name in moved) or "-"
+                               for found in versions), "differs" if moved else "same"]]))
     metrics = [key for key in FINAL if key in a.data.metrics or key in b.data.metrics]
     print("\nfinal metrics")
     print(table_text(["metric", "A", "B", "B - A"], [
         [key, a.data.metrics.get(key), b.data.metrics.get(key),
          f"{b.data.metrics[key] - a.data.metrics[key]:+.4f}" if key in a.data.metrics and key in b.data.metrics
          else "-"] for key in metrics]))
+
+
+def versions_of(run) -> dict[str, str]:
+    """The package versions a run recorded (its ch11.versions tag), by package."""
+    return parse_versions(run.data.tags.get("ch11.versions", ""))
+
+
+def parse_versions(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split())
 
 
 # -- rerun ----------------------------------------------------------------------------------------
@@ -141,7 +154,8 @@ def drift(run, config: dict) -> list[str]:
     if now.get("ch11.git_dirty") == "True":
         moved.append("the checkout has uncommitted changes")
     then, resolved = run.data.params, flatten(config)
-    changed = sorted(key for key, value in resolved.items() if key in then and then[key] != str(value))
+    changed = sorted(key for key, value in resolved.items()
+                     if key in then and then[key] != str(value) and key not in RERUN_SETS)
     if changed:
         moved.append("the overrides now resolve to other values: " + ", ".join(
             f"{key} {then[key]} -> {resolved[key]}" for key in changed[:8]) + (" ..." if len(changed) > 8 else ""))
@@ -155,8 +169,7 @@ def drift(run, config: dict) -> list[str]:
     for what, key in (("result code", "code_hash"), ("data", "data_hash")):
         if tags.get(f"ch11.{key}") != identity[key] and identity[key] != "missing":
             moved.append(f"{what}: the run's {str(tags.get(f'ch11.{key}'))[:12]}, today's {identity[key][:12]}")
-    versions = dict(item.split("=", 1) for item in tags.get("ch11.versions", "").split())
-    today = dict(item.split("=", 1) for item in tracking.package_versions().split())
+    versions, today = versions_of(run), parse_versions(tracking.package_versions())
     if not versions:
         moved.append("package versions: not recorded by the run")
     moved += [f"{name}: the run's {versions[name]}, today's {today.get(name, 'absent')}"
@@ -173,7 +186,7 @@ def rerun(client, reference: str, dry_run: bool) -> None:
         raise ConfigError(f"run {run.info.run_id} is not a training run (a sweep's parent or another tool's): "
                           "name one of its jobs")
     overrides = [item for item in run.data.tags.get("ch11.overrides", "").split() if item]
-    kept = [item for item in overrides if not item.startswith(("tracking.uri=", "force="))]
+    kept = [item for item in overrides if not item.startswith(tuple(f"{key}=" for key in RERUN_SETS))]
     job = [*kept, f"tracking.uri={client.tracking_uri}", "force=true"]
     config = compose(job)
     print(f"run {run.info.run_id} ({run.info.run_name}): python -m src.train {' '.join(job)}")

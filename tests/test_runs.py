@@ -137,6 +137,7 @@ def test_rerun_reports_drift_then_reproduces_a_deterministic_run_to_the_bit(swep
     again = runs_cli(store, "rerun", original.info.run_name)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "final metrics identical to the bit" in again.stdout, again.stdout
+    assert "resolve to other values" not in again.stdout  # the rerun's own force=true is not drift
     rerun = next(run for run in runs(store) if run.data.tags.get("ch11.rerun_of") == original.info.run_id)
     client.delete_run(rerun.info.run_id)  # the module's other tests count the sweep's runs
     assert rerun.info.status == "FINISHED" and rerun.info.run_id != original.info.run_id
