@@ -79,7 +79,8 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
                                 run_tags(config, identity, overrides, role, source_run) | (tags or {}))
     state.remember_run(run_id)
     result = run_to_the_end(config, data, client, run_id, state, workdir, source, trial)
-    scores = ", ".join(f"{key} {result[key]:.4f}" for key in ("test_accuracy", "test_loss") if key in result)
+    shown = ("val_accuracy", "val_loss") if result.get("pruned_at_epoch") else ("test_accuracy", "test_loss")
+    scores = ", ".join(f"{key} {result[key]:.4f}" for key in shown if key in result)
     log.info("run %s %s: %s after %d epochs (MLflow experiment %r at %s)", run_id,
              "pruned" if result.get("pruned_at_epoch") else "finished", scores, result["epochs_run"],
              config["name"], tracking.tracking_uri(config["tracking"]))
