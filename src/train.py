@@ -49,8 +49,9 @@ def main(cfg: DictConfig) -> dict:
         from src.job import run_job  # noqa: PLC0415 (TensorFlow and MLflow: only when a job runs)
 
         parent = sweep.parent_run_id(hydra_config.sweep.dir) if in_sweep else None
+        trial = pruning.trial_of(hydra_config.sweep.dir, hydra_config.job.num, parent) if in_sweep else None
         return run_job(config, Path(hydra_config.runtime.output_dir), parent, list(hydra_config.overrides.task),
-                       trial=pruning.trial_of(hydra_config.sweep.dir, hydra_config.job.num, parent))
+                       trial=trial)
     except Exception as error:
         if in_sweep:
             sweep.job_failed(hydra_config, error)  # one line now; the sweeper reports all once the others ran
