@@ -75,7 +75,7 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
         state.release()
         return done
     run_id = tracking.start_run(client, experiment_id, state.run_id, parent_run_id,
-                                " ".join(overrides)[:100] or role or "default",
+                                " ".join(overrides)[:100].rstrip() or role or "default",
                                 run_tags(config, identity, overrides, role, source_run) | (tags or {}))
     state.remember_run(run_id)
     result = run_to_the_end(config, data, client, run_id, state, workdir, source, trial)
