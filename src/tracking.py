@@ -47,15 +47,51 @@ def connect(tracking: dict) -> MlflowClient:
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
+    if uri.startswith("sqlite:///") and (problem := sqlite_store_problem(Path(uri.removeprefix("sqlite:///")))):
+        raise TrackingError(f"MLflow store {uri}: {problem}")
+    from alembic.util.exc import CommandError  # noqa: PLC0415 (MLflow's own database layer)
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
     try:
         with schema_lock(uri):
             client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
             client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
-    except (MlflowException, OSError) as error:
+    except (MlflowException, OSError, SQLAlchemyError, CommandError) as error:  # CommandError: an unknown schema
         raise TrackingError(f"MLflow store {uri} is not usable ({one_line(error)}); "
                             "fix tracking.uri / MLFLOW_TRACKING_URI") from None
     mlflow.set_tracking_uri(uri)
     return client
+
+
+MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "tags", "alembic_version"}
+MOVE_ASIDE = ("point tracking.uri / MLFLOW_TRACKING_URI at an MLflow store or a new file, or restore this one "
+              "from a backup")
+
+
+def sqlite_store_problem(database: Path) -> str | None:
+    """Why an existing file cannot be opened as an MLflow SQLite store without harm; None if it can.
+
+    MLflow opens any file it is given: a file that is not SQLite fails with SQLAlchemy's
+    traceback, and another program's SQLite database gets MLflow's tables written into it
+    before the schema check fails. So the file is read first, read-only: nothing is changed.
+    """
+    import sqlite3  # noqa: PLC0415
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return None  # a new store: MLflow creates it
+    with open(database, "rb") as file:
+        if file.read(16) != b"SQLite format 3\x00":
+            return f"{database} is not an SQLite database (damaged, or another kind of file); {MOVE_ASIDE}"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:  # not a full integrity check: that reads the whole store at every start
+        return f"{database} is a damaged SQLite database ({error}); {MOVE_ASIDE}"
+    if tables and not tables >= MLFLOW_TABLES:
+        found = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        return (f"{database} is another program's SQLite database (tables {found}), not an MLflow store, and "
+                f"is left as it is; {MOVE_ASIDE}")
+    return None
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ traceback, and nothing half-done: no MLflow run for data that cannot be read, th
 previous prepared dataset untouched when its raw files are missing.
 """
 
+import contextlib
 import random
 import shutil
 import subprocess
@@ -63,6 +64,46 @@ def test_a_truncated_or_bit_flipped_prepared_dataset_is_refused_before_a_run_sta
         line = one_error_line(result)
         assert str(npz_copy) in line and "dvc repro prepare@fashion_mnist" in line, (name, line)
     assert runs(store) == []  # nothing was recorded as if it had trained
+
+
+def unusable_stores(folder) -> dict[str, object]:
+    """name -> a file that tracking.uri may point at but that is no MLflow store."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # a real store, to damage
+    store = (folder / "mlflow.db").read_bytes()
+    stores = {"not SQLite (a CSV file)": b"epoch,loss\n1,0.52\n",
+              "SQLite header damaged": store[:16] + bytes(84) + store[100:],
+              "first page overwritten": store[:100] + bytes(range(256)) * 15 + store[3940:]}
+    paths = {}
+    for name, data in stores.items():
+        paths[name] = folder / f"{len(paths)}.db"
+        paths[name].write_bytes(data)
+    paths["another program's SQLite database"] = folder / "other.db"
+    with contextlib.closing(sqlite3.connect(paths["another program's SQLite database"])) as other:
+        other.execute("CREATE TABLE measurements (sample INTEGER, value REAL)")
+        other.execute("INSERT INTO measurements VALUES (1, 0.5)")
+        other.commit()
+    return paths
+
+
+def test_a_store_that_is_no_mlflow_database_is_refused_in_one_line_and_left_as_it_was(fashion_npz, tmp_path,
+                                                                                       cli_env, faults):
+    """tracking.uri at a file that is not SQLite, a damaged SQLite file, or another program's
+    SQLite database (which MLflow would fill with its own tables before failing): one line
+    naming the store and the fix, exit 2, and the file byte for byte as it was."""
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    for name, path in unusable_stores(folder).items():
+        before = path.read_bytes()
+        faults.inject("unusable tracking store", name)
+        result = cli(*shrunk(fashion_npz, f"sqlite:///{path}", tmp_path), f"hydra.run.dir={tmp_path / 'run'}",
+                     env=cli_env)
+        line = one_error_line(result)
+        assert f"sqlite:///{path}" in line and "tracking.uri" in line, (name, line)
+        assert path.read_bytes() == before, f"{name}: the file was changed"
 
 
 def test_a_missing_raw_file_is_refused_and_the_previous_prepared_dataset_is_kept(fashion_npz, tmp_path, faults):
