@@ -6,6 +6,7 @@ same place whatever the working directory. It is checked before any training sta
 """
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -57,10 +58,20 @@ def connect(tracking: dict) -> MlflowClient:
             client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
             client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError, SQLAlchemyError, CommandError) as error:  # CommandError: an unknown schema
+        if read_only(error):
+            raise TrackingError(f"MLflow store {uri} cannot be written ({one_line(error)}): its disk is read-only "
+                                "or the file is not writable; remount it read-write or fix its permissions, or "
+                                "point tracking.uri / MLFLOW_TRACKING_URI at a writable store") from None
         raise TrackingError(f"MLflow store {uri} is not usable ({one_line(error)}); "
                             "fix tracking.uri / MLFLOW_TRACKING_URI") from None
     mlflow.set_tracking_uri(uri)
     return client
+
+
+def read_only(error: BaseException) -> bool:
+    """A store refused for want of write access: a read-only mount, a file or folder not writable."""
+    return (isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)) or \
+        "readonly database" in str(error)
 
 
 MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "tags", "alembic_version"}

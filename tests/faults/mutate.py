@@ -55,6 +55,10 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
      "tests/faults/test_corrupt.py::test_a_store_that_is_no_mlflow_database_is_refused_in_one_line_and_left_as_it_was",
      [("src/tracking.py", "    if uri.startswith(\"sqlite:///\") and (problem := sqlite_store_problem(",
        "    if False and (problem := sqlite_store_problem(")]),
+    ("a store on a read-only disk is one line that says to remount it",
+     "tests/faults/test_disk_full.py::"
+     "test_a_store_on_a_read_only_disk_is_one_line_and_the_same_command_works_once_it_is_writable",
+     [("src/tracking.py", "        if read_only(error):\n", "        if False:\n")]),
     ("names used for folders refuse separators and traversal",
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/rules.py", "    return None if ok else (\"must be text of letters",

@@ -10,6 +10,7 @@ once space is back.
 import errno
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import cli, history, runs, shrunk
@@ -87,3 +88,30 @@ def test_a_disk_already_full_is_one_line_before_any_run_starts(small_disk, fashi
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "No space left on device" in errors[0] and str(small_disk / "run") in errors[0] and "free space" in errors[0]
     assert all(run.info.status != "RUNNING" for run in runs(store))
+
+
+def remount(mount, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True, capture_output=True)
+
+
+def test_a_store_on_a_read_only_disk_is_one_line_and_the_same_command_works_once_it_is_writable(
+        small_disk, fashion_npz, tmp_path, cli_env, faults):
+    """The MLflow store's disk remounted read-only: one line naming the store and the fix, exit 2,
+    the store untouched; remounted read-write, the same command trains and records the run."""
+    database = small_disk / "mlflow.db"
+    store = f"sqlite:///{database}"
+    subprocess.run([sys.executable, "-c", "from mlflow.tracking import MlflowClient; "  # a store that exists;
+                    f"MlflowClient({store!r}).search_experiments()"], check=True, capture_output=True)  # no open file
+    before = database.read_bytes()
+    remount(small_disk, "ro")
+    faults.inject("read-only store", "its disk remounted read-only")
+    args = [*shrunk(fashion_npz, store, tmp_path, train_size=300), "epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    refused = cli(*args, env=cli_env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert store in line and "remount it read-write" in line and "tracking.uri" in line, line
+    assert database.read_bytes() == before
+    remount(small_disk, "rw")
+    again = cli(*args, env=cli_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [run.info.status for run in runs(store)] == ["FINISHED"]
