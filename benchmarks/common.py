@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from src import paths
-from src.paths import REPO
+from src.paths import REPO  # noqa: F401 (the benchmarks' repository root, imported from here)
 
 # For the commands a benchmark launches: quiet TensorFlow, and the store each command names
 # (an inherited MLFLOW_TRACKING_URI or MLFLOW_RUN_ID, from `mlflow run`, would redirect its runs).
@@ -49,16 +49,6 @@ def machine() -> dict:
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "memory_gib": memory,
             "avx512": "avx512f" in flags, "amx_bf16": "amx_bf16" in flags, "python": platform.python_version(),
             "platform": platform.platform()}
-
-
-def compose_config(overrides: list[str]) -> dict:
-    """The validated training config, as the engine sees it (plain dicts)."""
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-
-    from src.config import validate  # noqa: PLC0415
-
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return validate(compose("config", overrides))
 
 
 def verdict(row: dict) -> str:

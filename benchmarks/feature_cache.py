@@ -30,7 +30,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, finish
+from benchmarks.common import REPO, figure, finish
+from src.config import compose
 
 TARGET = 5.0
 DEFAULT_WEIGHTS = "models/mobilenet_v2_0.35_96_cifar10.weights.h5"
@@ -56,8 +57,8 @@ def one_run(config: dict, data, cache: Path | None) -> dict:
 def measure(epochs: int, repeats: int, weights: str) -> dict[str, list[dict]]:
     from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
 
-    config = compose_config(["experiment=mobilenet_v2_cifar10", f"epochs={epochs}", f"model.weights={weights}",
-                             "model.fine_tune_epochs=0"])
+    config = compose(["experiment=mobilenet_v2_cifar10", f"epochs={epochs}", f"model.weights={weights}",
+                      "model.fine_tune_epochs=0"])
     data = reshape_splits(load_prepared(REPO / config["data"]["path"]), config["data"]["train_size"],
                           config["validation_split"])
     runs = {"direct": [], "miss": [], "hit": []}

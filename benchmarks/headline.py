@@ -69,9 +69,9 @@ WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
 def shrink(name: str, train_size: int, seeds: str) -> list[str]:
     """Overrides that narrow one experiment: at most its first train_size images (0: its own
     size; an experiment that uses fewer, such as transfer_ab's 200, keeps its own), --seeds."""
-    from benchmarks.common import compose_config  # noqa: PLC0415
+    from src.config import compose  # noqa: PLC0415
 
-    own = compose_config([f"experiment={name}"])["data"]["train_size"]
+    own = compose([f"experiment={name}"])["data"]["train_size"]
     capped = bool(train_size) and (own is None or own > train_size)
     return [*([f"data.train_size={train_size}"] if capped else []), *([] if seeds == "all" else [f"seed={seeds}"])]
 
@@ -149,8 +149,7 @@ def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple
     started = time.perf_counter()
     import keras  # noqa: PLC0415 (timed: the notebook pays its imports too)
 
-    from benchmarks.common import compose_config  # noqa: PLC0415
-    from src.config import source_config  # noqa: PLC0415
+    from src.config import compose, source_config  # noqa: PLC0415
     from src.data.load import load_prepared  # noqa: PLC0415
 
     full = load_prepared(REPO / "data" / "prepared" / "fashion_mnist.npz")
@@ -158,7 +157,7 @@ def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple
     for name, records in jobs.items():
         accuracies[name], began = [], time.perf_counter()
         for params in records:
-            config = compose_config([f"experiment={name}", *extras[name], *(f"{k}={v}" for k, v in params.items())])
+            config = compose([f"experiment={name}", *extras[name], *(f"{k}={v}" for k, v in params.items())])
             source = None
             if config["transfer"]["source_classes"]:
                 recipe = source_config(config)

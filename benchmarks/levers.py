@@ -27,7 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import REPO, compose_config, figure, finish, spread
+from benchmarks.common import REPO, figure, finish, spread
+from src.config import compose
 
 SPE_TARGET = 2.0
 
@@ -56,7 +57,7 @@ def measure(epochs: int, repeats: int, train_size: int, spe: int) -> dict[str, l
     from src.data.load import load_prepared, reshape_splits  # noqa: PLC0415
 
     base = ["experiment=optimizers", "optimizer=adam", "seed=42", f"epochs={epochs}", f"data.train_size={train_size}"]
-    configs = {arm: compose_config(base + extra) for arm, extra in arms(spe).items()}
+    configs = {arm: compose(base + extra) for arm, extra in arms(spe).items()}
     first = configs["default"]
     data = reshape_splits(load_prepared(REPO / first["data"]["path"]), train_size, first["validation_split"])
     runs = {arm: [] for arm in configs}

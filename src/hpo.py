@@ -33,8 +33,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from src import tracking
 from src.errors import ConfigError
 from src.paths import write_json, write_text
-from src.pruning import study_storage as rdb_storage
-from src.pruning import trial_file
+from src.pruning import open_storage, trial_file
 from src.sweep import ParentRun, hold, job_config, job_error, release_workers
 
 log = logging.getLogger(__name__)
@@ -116,8 +115,8 @@ def ask_and_tell(impl, arguments: list[str], launcher: ObjectiveLauncher, object
     if len(directions) != 1:
         raise ConfigError(f"hydra.sweeper.direction: one direction for the one objective {objective!r}, "
                           f"not {directions}")
-    storage = study_storage(impl.storage, sweep_dir, pruner)
-    study = optuna.create_study(study_name=impl.study_name, storage=rdb_storage(storage) if storage else None,
+    storage = storage_url(impl.storage, sweep_dir, pruner)
+    study = optuna.create_study(study_name=impl.study_name, storage=open_storage(storage) if storage else None,
                                 sampler=impl.sampler, direction=directions[0], load_if_exists=True)
     log.info("study %r (%s), sampler %s, %s, pruner %s", study.study_name, storage or "in memory",
              type(impl.sampler).__name__, directions[0], pruner._target_ if pruner else None)
@@ -155,7 +154,7 @@ def search_space(impl, arguments: list[str]) -> tuple[dict, list]:
     return {name: dist for name, dist in distributions.items() if name not in fixed}, fixed
 
 
-def study_storage(storage: str | None, sweep_dir: Path, pruner) -> str | None:
+def storage_url(storage: str | None, sweep_dir: Path, pruner) -> str | None:
     """Where the study lives: the configured storage; for a pruned search without one, a fresh
     SQLite file in the sweep folder (its jobs, in other processes, report to it)."""
     if storage or pruner is None:

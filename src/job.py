@@ -79,11 +79,11 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
                                 run_tags(config, identity, overrides, role, source_run) | (tags or {}))
     state.remember_run(run_id)
     result = run_to_the_end(config, data, client, run_id, state, workdir, source, trial)
-    shown = ("val_accuracy", "val_loss") if result.get("pruned_at_epoch") else ("test_accuracy", "test_loss")
+    pruned = bool(result.get("pruned_at_epoch"))  # stopped before the test set: its validation scores
+    shown = ("val_accuracy", "val_loss") if pruned else ("test_accuracy", "test_loss")
     scores = ", ".join(f"{key} {result[key]:.4f}" for key in shown if key in result)
-    log.info("run %s %s: %s after %d epochs (MLflow experiment %r at %s)", run_id,
-             "pruned" if result.get("pruned_at_epoch") else "finished", scores, result["epochs_run"],
-             config["name"], tracking.tracking_uri(config["tracking"]))
+    log.info("run %s %s: %s after %d epochs (MLflow experiment %r at %s)", run_id, "pruned" if pruned else "finished",
+             scores, result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
     return {**result, "run_id": run_id, "skipped": False}
 
 

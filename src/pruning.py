@@ -44,7 +44,7 @@ def trial_of(sweep_dir: str | Path, job_num: int, parent_run_id: str | None) -> 
     return spec if spec["parent_run_id"] == parent_run_id else None  # an earlier sweep's file
 
 
-def study_storage(url: str):
+def open_storage(url: str):
     """Optuna's database storage at url, as the search and its jobs open it.
 
     Optuna 2.10 (the newest hydra-optuna-sweeper accepts) stamps a new database's schema version
@@ -77,7 +77,7 @@ class Reporter:
         from hydra.utils import instantiate  # noqa: PLC0415
 
         pruner = instantiate(spec["pruner"])
-        study = optuna.load_study(study_name=spec["study_name"], storage=study_storage(spec["storage"]),
+        study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]),
                                   pruner=pruner)
         self.trial, self.objective, self.pruner = optuna.trial.Trial(study, spec["trial_id"]), spec["objective"], \
             type(pruner).__name__
