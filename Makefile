@@ -34,10 +34,10 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies (idempotent)
 
-# Debian packages of the team-scale tests (tests/services.py, tests/test_ui.py); without them
-# those tests skip (and fail under CI). Installed only where missing.
-SYSTEM_PACKAGES := postgresql chromium chromium-driver
-system: ## Install the Debian packages the server and browser tests use (root; .ci/run does it)
+# Debian packages of the team-scale tests (tests/services.py, tests/test_ui.py, tests/slurm_cluster.py);
+# without them those tests skip (and fail under CI). Installed only where missing.
+SYSTEM_PACKAGES := postgresql chromium chromium-driver slurm-wlm munge
+system: ## Install the Debian packages the server, browser and Slurm tests use (root; .ci/run does it)
 	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done | tr '\n' ' ')"; \
 	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" != 0 ]; then echo "error: run as root, or: sudo apt-get install $$missing" >&2; exit 1; \

@@ -169,7 +169,8 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
             if run.info.lifecycle_stage == "active":
                 if f"{TAG}failure" in run.data.tags:  # the stop it recorded is over
                     client.delete_tag(resume_id, f"{TAG}failure")
-                client.set_tag(resume_id, PROCESS_TAG, process_id())  # its owner now
+                for key, value in owner_tags().items():  # its owner now
+                    client.set_tag(resume_id, key, value)
                 if parent_run_id is not None:  # the sweep that finishes it (an earlier one was stopped)
                     client.set_tag(resume_id, "mlflow.parentRunId", parent_run_id)
                 drop_unfinished_models(client, run)  # a kill after log_model, before FINISHED
@@ -177,7 +178,7 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
         except MlflowException:
             pass  # deleted from the store: start afresh
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                           tags={**tags, PROCESS_TAG: process_id()})
+                           tags={**tags, **owner_tags()})
     return run.info.run_id
 
 
@@ -194,6 +195,14 @@ def drop_unfinished_models(client: MlflowClient, run) -> None:
 # -- runs whose process died before it could close them ------------------------------------
 
 PROCESS_TAG = f"{TAG}process"  # host:pid:start time of the process that owns a RUNNING run
+SLURM_TAG = f"{TAG}slurm_job"  # the Slurm job (array job_task) that runs it, under hydra/launcher=slurm
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs the run now: this process, and the Slurm job it belongs to (refreshed when a run resumes)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    slurm_job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    return {PROCESS_TAG: process_id(), **({SLURM_TAG: slurm_job} if slurm_job else {})}
 
 
 def process_id(pid: int | None = None) -> str:

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from src import pruning
+from src import pruning, slurm
 from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
@@ -42,6 +42,8 @@ def main(cfg: DictConfig) -> dict:
 
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if slurm_job := slurm.job_id():
+        slurm.stop_on_preemption()
     try:
         if in_sweep:
             sweep.stop_if_failed_before(hydra_config)
@@ -52,6 +54,9 @@ def main(cfg: DictConfig) -> dict:
         trial = pruning.trial_of(hydra_config.sweep.dir, hydra_config.job.num, parent) if in_sweep else None
         return run_job(config, Path(hydra_config.runtime.output_dir), parent, list(hydra_config.overrides.task),
                        trial=trial)
+    except slurm.Preempted:  # the run is KILLED with its resume state: the requeued job resumes it
+        slurm.requeue(slurm_job)
+        raise
     except Exception as error:
         if in_sweep:
             sweep.job_failed(hydra_config, error)  # one line now; the sweeper reports all once the others ran

@@ -22,6 +22,7 @@ from conftest import copy_repo  # noqa: E402
 from src.paths import write_json  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"
+SLURM = "tests/faults/test_slurm.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
     ("a resumed job loads its last saved epoch",
      KILL + "test_sigkill_at_random_points_then_the_same_command_gives_the_uninterrupted_result",
@@ -63,6 +64,15 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/rules.py", "    return None if ok else (\"must be text of letters",
        "    return None if True else (\"must be text of letters")]),
+    ("a preempted Slurm job requeues itself, and the requeued job finishes its run",
+     SLURM + "test_a_preempted_job_marks_its_run_killed_and_the_requeued_job_finishes_it",
+     [("src/train.py", "        slurm.requeue(slurm_job)\n", "")]),
+    ("a Slurm job that ended without a result is one failed job of the sweep, one line",
+     SLURM + "test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resumes_it_to_the_local_metrics",
+     [("src/slurm.py", "    except UncompletedJobError:\n", "    except ZeroDivisionError:\n")]),
+    ("Slurm job states without accounting come from squeue (else a cancelled job is waited on for ever)",
+     SLURM + "test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resumes_it_to_the_local_metrics",
+     [("src/slurm.py", "if keeps_accounting() else QueueWatcher(delay_s=30)", "")]),
 ]
 
 
