@@ -115,3 +115,28 @@ def test_a_store_on_a_read_only_disk_is_one_line_and_the_same_command_works_once
     again = cli(*args, env=cli_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [run.info.status for run in runs(store)] == ["FINISHED"]
+
+
+def test_a_store_whose_disk_fills_mid_run_is_one_line_and_the_same_command_finishes_the_run(
+        small_disk, fashion_npz, tmp_path, cli_env, faults):
+    """The SQLite store's own disk (its artifacts beside it) fills after epoch 1: one line naming the
+    store and the fix, exit 2, the resume state kept; with space back, the same command resumes the
+    run to FINISHED, each epoch logged once."""
+    store = f"sqlite:///{small_disk / 'mlflow.db'}"
+    args = [*shrunk(fashion_npz, store, tmp_path, train_size=15000), "epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    job = start_past_epoch_1(args, cli_env, tmp_path / "state")
+    filled = fill(small_disk)
+    faults.inject("ENOSPC (store)", f"{filled >> 20} MiB filler beside the store after epoch 1")
+    _, stderr = job.communicate(timeout=300)
+
+    assert job.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert store in line and "disk is full" in line and "free space" in line and "same command" in line, line
+    assert list((tmp_path / "state").glob("*/epoch_*"))  # the resume state is kept
+
+    (small_disk / "filler").unlink()
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and "ch11.failure" not in run.data.tags
+    assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3]
