@@ -413,7 +413,7 @@ def artifact_writes(client: MlflowClient, run_id: str):
     try:
         yield
     except (OSError, MlflowException) as error:
-        if isinstance(error, MlflowException) and "mlflow-artifacts" not in str(error):
+        if isinstance(error, MlflowException) and not artifact_upload_text(error):
             raise  # the tracking store's own failure: src/job.py says so
         run = client.get_run(run_id)
         where = client.get_experiment(run.info.experiment_id).artifact_location
@@ -424,10 +424,23 @@ def artifact_writes(client: MlflowClient, run_id: str):
             fix = "free space on its disk"
         else:
             fix = "make it a writable folder again (it was removed, replaced by a file or made read-only)"
-        detail = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else \
-            one_line(error, 200)
+        if isinstance(error, OSError):
+            detail = f"{error.strerror}: {error.filename}" if error.strerror else one_line(error, 200)
+        else:  # MLflow's text: the upload's whole address, then the HTTP library's retry report
+            upload = re.search(r"mlflow-artifacts/artifacts/(\S+)", artifact_upload_text(error))
+            detail = f"the server did not store {upload.group(1) if upload else 'an upload'}"
         raise TrackingError(f"MLflow artifact store {where} refused a write ({detail}); {fix}, then run the same "
                             f"command: it finishes run {run_id} from its saved state") from None
+
+
+def artifact_upload_text(error: BaseException | None) -> str:
+    """The text of a server's error about an artifact upload, "" if none: MLflow may hide it under a
+    later call's (logging a model, it marks the model FAILED, which can fail too)."""
+    while error is not None:
+        if "mlflow-artifacts" in str(error):
+            return str(error)
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def log_artifact(client: MlflowClient, run_id: str, path: Path, folder: str | None = None) -> None:
