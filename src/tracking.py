@@ -436,10 +436,15 @@ def artifact_writes(client: MlflowClient, run_id: str):
 def artifact_upload_text(error: BaseException | None) -> str:
     """The text of a server's error about an artifact upload, "" if none: MLflow may hide it under a
     later call's (logging a model, it marks the model FAILED, which can fail too)."""
-    while error is not None:
+    seen, todo = set(), [error]
+    while todo:  # both links: a retry report's cause hides the context MLflow's cleanup ran in
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
         if "mlflow-artifacts" in str(error):
             return str(error)
-        error = error.__cause__ or error.__context__
+        seen.add(id(error))
+        todo += [error.__cause__, error.__context__]
     return ""
 
 

@@ -28,6 +28,7 @@ SCENARIOS = {  # module -> the issue's scenario
     "test_corrupt": "5. Corrupt or missing inputs",
     "test_concurrency": "6. Concurrent jobs and sweeps on one store",
     "test_hostile": "7. Hostile config values on the command line",
+    "test_store": "8. The MLflow store's own faults",
 }
 
 
