@@ -83,7 +83,8 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
     shown = ("val_accuracy", "val_loss") if pruned else ("test_accuracy", "test_loss")
     scores = ", ".join(f"{key} {result[key]:.4f}" for key in shown if key in result)
     log.info("run %s %s: %s after %d epochs (MLflow experiment %r at %s)", run_id, "pruned" if pruned else "finished",
-             scores, result["epochs_run"], config["name"], tracking.tracking_uri(config["tracking"]))
+             scores, result["epochs_run"], config["name"],
+             tracking.shown(tracking.tracking_uri(config["tracking"])))
     return {**result, "run_id": run_id, "skipped": False}
 
 
@@ -122,10 +123,13 @@ def run_to_the_end(config: dict, data, client, run_id: str, state: "ResumeState"
         return pruned.result()
     except BaseException as error:
         state.release()  # kept: the same command resumes from the last finished epoch (or skips)
+        uri = tracking.tracking_uri(config["tracking"])
         try:
             close_stopped_run(client, run_id, error)
         except (MlflowException, OSError) as lost:
-            raise tracking.store_lost(tracking.tracking_uri(config["tracking"]), lost, f"run {run_id}") from error
+            raise tracking.store_lost(uri, lost, f"run {run_id}") from error
+        if isinstance(error, MlflowException) and tracking.disk_full(error):  # refused a write, took the FAILED mark
+            raise tracking.store_lost(uri, error, f"run {run_id}", "FAILED") from error
         raise
     state.finish()
     return result
@@ -161,7 +165,8 @@ def record(config: dict, data, client, run_id: str, state, folder: Path, source=
     result = engine.fit_and_evaluate(config, data, state, monitor, folder, source)
     model, example, confusion = result.pop("model"), result.pop("example"), result.pop("confusion_matrix", None)
     calibrated = result.pop("calibration", None)
-    sink(result["epochs_run"], result)
+    scored = client.get_run(run_id).data.metrics  # by an attempt stopped while recording: logged once
+    sink(result["epochs_run"], {key: value for key, value in result.items() if key not in scored})
     if result["diverged_at_epoch"]:
         tracking.set_tag(client, run_id, f"{tracking.TAG}diverged",
                          f"loss became NaN at epoch {result['diverged_at_epoch']}")

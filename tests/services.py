@@ -62,8 +62,10 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.contextmanager
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1; yields the SQLAlchemy URI of its `mlflow` database."""
+def postgres(password: str | None = None):
+    """A throwaway PostgreSQL cluster on 127.0.0.1; yields the SQLAlchemy URI of its `mlflow` database.
+
+    With a password, connections over TCP must give it (SCRAM), and the URI carries it."""
     binaries = postgres_bin()
     as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     root = Path(tempfile.mkdtemp(prefix="ch11-postgres-"))  # not under pytest's root-only tmp folders
@@ -72,7 +74,11 @@ def postgres():
     port = free_port()
     server = None
     try:
-        subprocess.run([*as_owner, binaries / "initdb", "-D", root / "data", "-U", "mlflow", "--auth=trust",
+        auth = ["--auth=trust"]
+        if password:
+            (root / "password").write_text(password)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={root / 'password'}"]
+        subprocess.run([*as_owner, binaries / "initdb", "-D", root / "data", "-U", "mlflow", *auth,
                         "--encoding=UTF8", "--no-sync"], check=True, capture_output=True)
         server = subprocess.Popen([*as_owner, binaries / "postgres", "-D", root / "data", "-h", "127.0.0.1",
                                    "-p", str(port), "-k", root, "-c", "fsync=off"],
@@ -83,8 +89,8 @@ def postgres():
 
         wait_for(accepts, "PostgreSQL", server)
         subprocess.run([binaries / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+                       check=True, capture_output=True, env={**os.environ, "PGPASSWORD": password or ""})
+        yield f"postgresql://mlflow{f':{password}' if password else ''}@127.0.0.1:{port}/mlflow"
     finally:
         if server is not None:
             stop(server, signal.SIGINT)  # PostgreSQL's fast shutdown

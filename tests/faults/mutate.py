@@ -22,6 +22,7 @@ from conftest import copy_repo  # noqa: E402
 from src.paths import write_json  # noqa: E402
 
 KILL = "tests/faults/test_kill.py::"
+STORE = "tests/faults/test_store.py::"
 SLURM = "tests/faults/test_slurm.py::"
 MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text, replacement)
     ("a resumed job loads its last saved epoch",
@@ -60,6 +61,32 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
      "tests/faults/test_disk_full.py::"
      "test_a_store_on_a_read_only_disk_is_one_line_and_the_same_command_works_once_it_is_writable",
      [("src/tracking.py", "        if read_only(error):\n", "        if False:\n")]),
+    ("a store whose disk fills mid-run is one line that says to free space",
+     "tests/faults/test_disk_full.py::"
+     "test_a_store_whose_disk_fills_mid_run_is_one_line_and_the_same_command_finishes_the_run",
+     [("src/tracking.py", "    if full := disk_full(error):", "    if full := None:")]),
+    ("an artifact store that refuses a write is one line and a FAILED run",
+     STORE + "test_an_artifact_folder_replaced_by_a_file_mid_run_fails_the_run_in_one_line_and_the_same_command_"
+     "finishes_it",
+     [("src/tracking.py", "        yield\n    except (OSError, MlflowException) as error:",
+       "        yield\n    except ZeroDivisionError as error:")]),
+    ("a server's refused artifact upload is found under MLflow's later error",
+     "tests/faults/test_disk_full.py::test_a_servers_artifact_folder_made_read_only_mid_run_fails_the_run_in_one_"
+     "line_and_the_same_command_finishes_it",
+     [("src/tracking.py", "        if \"mlflow-artifacts\" in str(error):", "        if False:")]),
+    ("a resumed run logs its test scores once",
+     STORE + "test_an_artifact_folder_replaced_by_a_file_mid_run_fails_the_run_in_one_line_and_the_same_command_"
+     "finishes_it",
+     [("src/job.py", "{key: value for key, value in result.items() if key not in scored}", "result")]),
+    ("a store of an older MLflow is refused, never upgraded silently",
+     STORE + "test_a_postgresql_store_of_an_older_mlflow_is_one_line_left_as_it_was_and_trains_once_upgraded",
+     [("src/tracking.py", "    if revision in (None, latest):", "    if True:")]),
+    ("a database that refuses the login is one line that says so",
+     STORE + "test_a_postgresql_store_that_refuses_the_login_is_one_line_without_the_password",
+     [("src/tracking.py", "        if any(word in reason.lower() for word in LOGIN_REFUSED):", "        if False:")]),
+    ("a store's password is masked wherever its address is printed",
+     STORE + "test_a_postgresql_store_that_refuses_the_login_is_one_line_without_the_password",
+     [("src/tracking.py", "    return re.sub(r\"(//[^/:@]*:)[^/@]*@\", r\"\\1***@\", uri)", "    return uri")]),
     ("names used for folders refuse separators and traversal",
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/rules.py", "    return None if ok else (\"must be text of letters",

@@ -28,7 +28,8 @@ SCENARIOS = {  # module -> the issue's scenario
     "test_corrupt": "5. Corrupt or missing inputs",
     "test_concurrency": "6. Concurrent jobs and sweeps on one store",
     "test_hostile": "7. Hostile config values on the command line",
-    "test_slurm": "8. A Slurm cluster: a drained node, a cancelled job, a preempted job",
+    "test_store": "8. The MLflow store's own faults",
+    "test_slurm": "9. A Slurm cluster: a drained node, a cancelled job, a preempted job",
 }
 
 

@@ -15,6 +15,7 @@ import sys
 import pytest
 from conftest import cli, history, runs, shrunk
 from mlflow.tracking import MlflowClient
+from services import MlflowServer
 
 from faults.jobs import start_past_epoch_1
 
@@ -115,3 +116,63 @@ def test_a_store_on_a_read_only_disk_is_one_line_and_the_same_command_works_once
     again = cli(*args, env=cli_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [run.info.status for run in runs(store)] == ["FINISHED"]
+
+
+def test_a_store_whose_disk_fills_mid_run_is_one_line_and_the_same_command_finishes_the_run(
+        small_disk, fashion_npz, tmp_path, cli_env, faults):
+    """The SQLite store's own disk (its artifacts beside it) fills after epoch 1: one line naming the
+    store and the fix, exit 2, the resume state kept; with space back, the same command resumes the
+    run to FINISHED, each epoch logged once."""
+    store = f"sqlite:///{small_disk / 'mlflow.db'}"
+    args = [*shrunk(fashion_npz, store, tmp_path, train_size=15000), "epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    job = start_past_epoch_1(args, cli_env, tmp_path / "state")
+    filled = fill(small_disk)
+    faults.inject("ENOSPC (store)", f"{filled >> 20} MiB filler beside the store after epoch 1")
+    _, stderr = job.communicate(timeout=300)
+
+    assert job.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert store in line and "disk is full" in line and "free space" in line and "same command" in line, line
+    assert list((tmp_path / "state").glob("*/epoch_*"))  # the resume state is kept
+
+    (small_disk / "filler").unlink()
+    resumed = cli(*args, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and "ch11.failure" not in run.data.tags
+    assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3]
+
+
+def test_a_servers_artifact_folder_made_read_only_mid_run_fails_the_run_in_one_line_and_the_same_command_finishes_it(
+        small_disk, fashion_npz, tmp_path, cli_env, faults):
+    """`mlflow server --artifacts-destination` on a disk remounted read-only while the job trains: the
+    tracking store answers, so the run ends FAILED with the reason; one line names the server's artifact
+    store and the fix, exit 2. Remounted read-write, the same command finishes the run, recorded once."""
+    env = {**cli_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow retries a refused upload for minutes
+    with MlflowServer("server", f"sqlite:///{tmp_path / 'server.db'}", small_disk / "artifacts",
+                      tmp_path / "server.log") as server:
+        args = ["tracking=server", *shrunk(fashion_npz, server.uri, tmp_path, train_size=15000),
+                f"hydra.run.dir={tmp_path / 'run'}"]
+        job = start_past_epoch_1(args, env, tmp_path / "state")
+        remount(small_disk, "ro")
+        faults.inject("artifact store read-only", "the server's --artifacts-destination remounted read-only after "
+                      "epoch 1")
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+        (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert "artifact store mlflow-artifacts:" in line and server.uri in line and "--artifacts-destination" in line
+        assert "same command" in line, line
+        (run,) = runs(server.uri)
+        assert run.info.status == "FAILED" and "MLflow artifact store" in run.data.tags["ch11.failure"]
+
+        remount(small_disk, "rw")
+        again = cli(*args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = MlflowClient(server.uri)
+        (done,) = runs(server.uri)
+        assert done.info.run_id == run.info.run_id and done.info.status == "FINISHED"
+        assert [step for step, _ in history(client, done.info.run_id, "loss")] == [1, 2]
+        assert [step for step, _ in history(client, done.info.run_id, "test_accuracy")] == [2]
+        models = client.search_logged_models([done.info.experiment_id],
+                                             filter_string=f"source_run_id = '{done.info.run_id}'")
+        assert [str(model.status) for model in models] == ["READY"] and list(small_disk.rglob("MLmodel"))

@@ -1,4 +1,4 @@
-"""Scenario 8: hydra/launcher=slurm on a real single-node Slurm cluster (tests/slurm_cluster.py).
+"""Scenario 9: hydra/launcher=slurm on a real single-node Slurm cluster (tests/slurm_cluster.py).
 Each job of a sweep is a Slurm job, held on a drained node, cancelled or preempted, and the sweep
 still ends as one parent run with children whose final metrics equal a local run's, bit for bit
 (deterministic=true).
