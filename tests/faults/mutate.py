@@ -63,6 +63,11 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/rules.py", "    return None if ok else (\"must be text of letters",
        "    return None if True else (\"must be text of letters")]),
+    ("a refused sweep starts no workers: no TensorFlow lines before its one error line",
+     "tests/test_quiet.py::test_a_refusal_is_one_error_line_and_exit_2[parallel sweep: unusable store]",
+     [("src/sweep.py", "        parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use",
+       "        getattr(self.launcher, \"start_workers\", lambda: None)()\n"
+       "        parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use")]),
 ]
 
 
