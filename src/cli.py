@@ -4,9 +4,11 @@ Every entry point (`python -m src.train`, the data stages, the pretraining stage
 summary writer, src.chapter) turns its errors into that line here.
 """
 
+import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from src.errors import LabError, storage_error
 
@@ -61,3 +63,11 @@ def run_main(main: Callable[[list[str]], None], argv: list[str] | None = None) -
     """Run a stage's main(argv) and exit the process with a meaningful status."""
     with one_line_errors():
         main(sys.argv[1:] if argv is None else argv)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a mistake as one line, `error: <prog>: <problem>`, and exit code 2: argparse
+    prints its usage block first; --help still shows it. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}; `{self.prog} --help` lists the options")

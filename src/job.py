@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import calibration, figures, tracking
 from src.config import flatten, run_identity, source_config, source_role, validate
-from src.data.load import reshape_splits
+from src.data.load import require_prepared, reshape_splits
 from src.data.shared import prepared_once
 from src.errors import one_line
 from src.families import FAMILIES, has_source
@@ -51,7 +51,8 @@ def run_job(config: dict, workdir: Path | None = None, parent_run_id: str | None
     added to the run's own (a rerun's ch11.rerun_of); trial is the Optuna trial of a pruned
     search (src/pruning.py): a pruned job returns its last epoch's metrics and pruned_at_epoch.
     """
-    client = tracking.connect(config["tracking"])  # fail fast: before data, model or training
+    require_prepared(in_repo(config["data"]["path"]))  # no dataset: refused before the store is opened (or made)
+    client = tracking.connect(config["tracking"])  # fail fast: before loading data, model or training
     experiment_id = tracking.ensure_experiment(client, config["name"], config["tracking"])
     tracking.close_orphans(client, experiment_id)
     prepared = prepared_once(in_repo(config["data"]["path"]))

@@ -12,7 +12,6 @@ log axis. The suggested rate is the bottom of the (smoothed) curve, where the no
 where it started. The run (experiment `lr_finder`) holds both, the curve as metrics, and the plot.
 """
 
-import argparse
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from src.cli import error_line, one_line_errors
+from src.cli import ArgumentParser, error_line, one_line_errors
 from src.config import compose, flatten
 from src.errors import ConfigError, LabError
 from src.paths import in_repo, write_json
@@ -144,7 +143,7 @@ def compose_config(overrides: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.lr_finder", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m src.lr_finder", description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-rate", type=float, default=1e-4, help="the first step's rate (default 1e-4)")
     parser.add_argument("--max-rate", type=float, default=1.0, help="the last step's rate (default 1)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs the sweep spans (default 1)")

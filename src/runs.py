@@ -15,16 +15,16 @@ result code, data, package versions), then trains it as a new run in the same st
 ch11.rerun_of=<the run's id>, and prints both runs' final metrics side by side.
 """
 
-import argparse
 import csv
 import io
 import json
 import math
 import re
 import sys
+from argparse import SUPPRESS
 from pathlib import Path
 
-from src.cli import error_line, one_line_errors
+from src.cli import ArgumentParser, error_line, one_line_errors
 from src.errors import ConfigError, LabError
 from src.paths import write_text
 
@@ -38,6 +38,10 @@ LOWER_IS_BETTER = re.compile(r"loss|nll|brier|ece")
 def connect(uri: str | None):
     from src import tracking  # noqa: PLC0415 (MLflow: only when a subcommand runs)
 
+    found = tracking.tracking_uri({"uri": uri})
+    if found.startswith("sqlite:///") and not Path(found.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no MLflow store at {found} (this command reads runs, it makes no store); "
+                          "pass --tracking-uri or set MLFLOW_TRACKING_URI to the store your runs are in")
     return tracking.connect({"uri": uri})
 
 
@@ -261,21 +265,24 @@ def table(client, experiment: str, metrics: list[str], csv_path: Path | None) ->
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.runs", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m src.runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", help="the MLflow store (default: MLFLOW_TRACKING_URI, else mlflow.db)")
+    store = ArgumentParser(add_help=False)  # --tracking-uri after the subcommand too, where users write it
+    store.add_argument("--tracking-uri", default=SUPPRESS, help="the MLflow store")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("diff", help="what differs between two runs")
+    command = commands.add_parser("diff", parents=[store], help="what differs between two runs")
     command.add_argument("first", metavar="A")
     command.add_argument("second", metavar="B")
-    command = commands.add_parser("rerun", help="a run's job again, as a new run tagged with the run's id")
+    command = commands.add_parser("rerun", parents=[store],
+                                  help="a run's job again, as a new run tagged with the run's id")
     command.add_argument("run")
     command.add_argument("--dry-run", action="store_true", help="only say what would run and what has drifted")
-    command = commands.add_parser("best", help="an experiment's best runs by a metric")
+    command = commands.add_parser("best", parents=[store], help="an experiment's best runs by a metric")
     command.add_argument("experiment")
     command.add_argument("--metric", default="val_accuracy")
     command.add_argument("--top", type=int, default=10)
     command.add_argument("--csv", type=Path, help="also write the table to this CSV file")
-    command = commands.add_parser("table", help="an experiment's arms: each metric over the seeds")
+    command = commands.add_parser("table", parents=[store], help="an experiment's arms: each metric over the seeds")
     command.add_argument("experiment")
     command.add_argument("--metric", nargs="+", default=list(SHOWN), dest="metrics")
     command.add_argument("--csv", type=Path, help="also write the table to this CSV file")

@@ -24,6 +24,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf, open_dict
 
 from src.config import validate
+from src.data.load import require_prepared
 from src.errors import ConfigError, LabError
 from src.paths import in_repo, write_json
 
@@ -48,9 +49,8 @@ class ValidatingSweeper(BasicSweeper):
         batches = self.split_arguments(overrides, self.max_batch_size)
         jobs = [list(job) for batch in batches for job in batch]
         configs = [self.job_config(job) for job in jobs]
-        log.info("validated the configs of all %d jobs", len(jobs))
-        if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
-            self.launcher.start_workers()
+        for path in sorted({in_repo(config["data"]["path"]) for config in configs}):
+            require_prepared(path)  # a missing dataset: one line now, not a failure per job
         swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -58,7 +58,11 @@ class ValidatingSweeper(BasicSweeper):
         (sweep_dir / JOBS_FILE).unlink(missing_ok=True)  # written again only when every job succeeded
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier sweep's failure stops none of these jobs
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        parent = ParentRun(configs, sweep_dir, arguments)
+        parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use: refused here, one line
+        log.info("validated the configs of all %d jobs", len(jobs))
+        # Only now: workers importing TensorFlow print its start-up lines, which must not precede a refusal.
+        if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
+            self.launcher.start_workers()
         conclude = functools.partial(self.conclude, parent, sweep_dir, jobs, swept)
         try:
             if QUEUE is not None and len(batches) == 1 and hasattr(self.launcher, "submit"):

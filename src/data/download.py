@@ -11,7 +11,6 @@ every attempt and how to point the stage at a copy.
     python -m src.data.download fashion_mnist      # what dvc.yaml runs
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from src.cli import run_main
+from src.cli import ArgumentParser, run_main
 from src.data import DATASETS, cifar
 from src.data.files import (
     atomic_dir,
@@ -223,7 +222,7 @@ MIRROR_LAYOUT = {  # what a mirror directory must hold, for the error message
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.data.download", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m src.data.download", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, help="output directory (default: data/raw/<dataset>)")

@@ -41,15 +41,22 @@ class Prepared:
         return self.meta["class_names"]
 
 
-def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
-    """Read a prepared .npz and its .json; check keys, dtypes and (if verify) every hash."""
+def require_prepared(path: Path | str) -> Path:
+    """The path of a prepared .npz that exists, or the one line that says how to make it (read nothing:
+    a job checks it before it opens the store, a sweep before it starts any job)."""
     path = Path(path)
     if path.suffix != ".npz":
         raise DataError(f"{path} is not a prepared dataset; point data.path at data/prepared/<dataset>.npz")
-    fix = f"delete it and run `dvc repro prepare@{path.stem}`"
-    meta_path = path.with_suffix(".json")
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro prepare@{path.stem}` (or `make data`) first")
+    return path
+
+
+def load_prepared(path: Path | str, verify: bool = True) -> Prepared:
+    """Read a prepared .npz and its .json; check keys, dtypes and (if verify) every hash."""
+    path = require_prepared(path)
+    fix = f"delete it and run `dvc repro prepare@{path.stem}`"
+    meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:

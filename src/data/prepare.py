@@ -7,13 +7,12 @@ came from, and SHA-256 hashes of the raw inputs and of every array.
     python -m src.data.prepare fashion_mnist      # what dvc.yaml runs
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from src.cli import run_main
+from src.cli import ArgumentParser, run_main
 from src.data import DATASETS, SPLITS, cifar
 from src.data.download import SOURCE_RECORD
 from src.data.files import array_digest, atomic_files, file_digest
@@ -154,7 +153,7 @@ def describe(dataset: str, arrays: dict, classes: list[str], record: dict, order
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.data.prepare", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m src.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     parser.add_argument("--raw", type=Path, help="raw data directory (default: data/raw/<dataset>)")

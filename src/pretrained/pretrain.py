@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from src.cli import run_main
+from src.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,7 @@ def pretrain(prepared_path: Path, out: Path, settings: dict) -> dict:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        sys.exit("usage: python -m src.pretrained.pretrain <prepared cifar10 .npz> <out .weights.h5>")
+        raise ConfigError("usage: python -m src.pretrained.pretrain <prepared cifar10 .npz> <out .weights.h5>")
     settings = yaml.safe_load((REPO / "params.yaml").read_text())["pretrain"]
     record = pretrain(Path(argv[0]), Path(argv[1]), settings)
     print(f"base pretrained on {record['source_images']} images: val_accuracy {record['val_accuracy'][-1]:.4f} "

@@ -9,7 +9,6 @@ temporary folder first and moved into place at the end: a failed report leaves t
 good one whole.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from src.cli import ArgumentParser
 from src.params import block, load_params
 from src.paths import REPO
 from src.report import claims, fidelity, plots, uncertainty
@@ -271,7 +271,7 @@ def data_sources(prepared: Path) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m src.report.build", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="folder of <experiment>/summary.json")
     parser.add_argument("--out", type=Path, default=REPO / "reports", help="where results.md and the rest go")
     parser.add_argument("--published", type=Path, default=REPO / "reports" / "published.yaml")

@@ -100,6 +100,11 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
     ("Slurm job states without accounting come from squeue (else a cancelled job is waited on for ever)",
      SLURM + "test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resumes_it_to_the_local_metrics",
      [("src/slurm.py", "if keeps_accounting() else QueueWatcher(delay_s=30)", "")]),
+    ("a refused sweep starts no workers: no TensorFlow lines before its one error line",
+     "tests/test_quiet.py::test_a_refusal_is_one_error_line_and_exit_2[parallel sweep: unusable store]",
+     [("src/sweep.py", "        parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use",
+       "        getattr(self.launcher, \"start_workers\", lambda: None)()\n"
+       "        parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use")]),
 ]
 
 
