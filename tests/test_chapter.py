@@ -62,12 +62,13 @@ def test_the_next_sweep_s_jobs_start_while_the_last_jobs_of_the_one_before_run(s
 
 def test_a_sweep_whose_jobs_fail_stops_the_run_once_the_sweep_queued_behind_it_is_recorded(store, tmp_path,
                                                                                           cli_env, fashion_npz):
-    result = chapter(small("batchnorm", tmp_path, tmp_path / "missing.npz"),
+    (tmp_path / "damaged.npz").write_bytes(b"not an npz archive")  # each job fails on it (a missing file: at once)
+    result = chapter(small("batchnorm", tmp_path, tmp_path / "damaged.npz"),
                      small("seed_notebook", tmp_path, fashion_npz), "--", f"tracking.uri={store}",
                      f"state_dir={tmp_path / 'state'}", env=cli_env)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "3 of 3 jobs failed" in errors[0] and "missing.npz" in errors[0], result.stderr
+    assert len(errors) == 1 and "3 of 3 jobs failed" in errors[0] and "damaged.npz" in errors[0], result.stderr
     (failed,), _ = parent_and_children(store, "batchnorm")
     (behind,), children = parent_and_children(store, "seed_notebook")
     assert failed.info.status == "FAILED" and not (tmp_path / "batchnorm" / "jobs.json").exists()

@@ -137,7 +137,8 @@ def test_a_sweep_is_one_parent_with_child_runs_and_a_rerun_skips_them(fashion_np
 
 def test_a_failed_job_is_one_line_at_once_and_fail_fast_stops_the_jobs_not_yet_started(fashion_npz, store, tmp_path,
                                                                                          cli_env):
-    missing = tmp_path / "missing.npz"
+    missing = tmp_path / "damaged.npz"  # fails in the job (a missing file is refused before any job starts)
+    missing.write_bytes(b"not an npz archive")
     given = [item for item in shrunk(fashion_npz, store, tmp_path, train_size=300) if not item.startswith("data.path=")]
     args = ["-m", f"data.path={missing},{fashion_npz}", "epochs=1", *given]
     fast = cli(*args, "hydra.sweeper.fail_fast=true", f"hydra.sweep.dir={tmp_path / 'fast'}", env=cli_env)
@@ -159,7 +160,9 @@ def test_a_failed_job_is_one_line_at_once_and_fail_fast_stops_the_jobs_not_yet_s
 
 
 def test_a_dead_tracking_server_is_one_line_and_exit_2_on_the_command_line(tmp_path, cli_env):
-    result = cli("tracking.uri=http://127.0.0.1:9", f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    (tmp_path / "data.npz").touch()  # a dataset that exists: what is checked first (it is never read)
+    result = cli("tracking.uri=http://127.0.0.1:9", f"data.path={tmp_path / 'data.npz'}",
+                 f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "http://127.0.0.1:9 is unreachable" in line and "MLFLOW_TRACKING_URI" in line
