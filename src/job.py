@@ -140,9 +140,9 @@ def close_stopped_run(client, run_id: str, error: BaseException) -> None:
     if tracking.is_finished(client.get_run(run_id).info.status):  # stopped just after it was recorded
         tracking.end_run(client, run_id, "FINISHED")
     else:
-        interrupted = isinstance(error, KeyboardInterrupt)
-        tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED",
-                         "interrupted (SIGTERM or Ctrl-C)" if interrupted else one_line(error) or type(error).__name__)
+        interrupted = isinstance(error, KeyboardInterrupt)  # with its reason: a Slurm preemption names itself
+        reason = (str(error) or "interrupted (SIGTERM or Ctrl-C)") if interrupted else one_line(error)
+        tracking.end_run(client, run_id, "KILLED" if interrupted else "FAILED", reason or type(error).__name__)
 
 
 def record(config: dict, data, client, run_id: str, state, folder: Path, source=None, trial: dict | None = None

@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from src.errors import LabError
 
 log = logging.getLogger(__name__)
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # Slurm's preemption; submitit's --signal=USR2@90
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # Slurm's preemption; submitit's, before the time limit
 
 
 class Preempted(KeyboardInterrupt):
@@ -117,15 +117,22 @@ def stop_on_preemption() -> None:
     def preempted(signum, frame) -> None:
         for each in PREEMPTION_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
-        raise Preempted(f"preempted by Slurm ({signal.Signals(signum).name}); job {job_id()} requeued: it resumes "
-                        "from its last finished epoch")
+        raise Preempted(f"preempted by Slurm ({signal.Signals(signum).name}, job {job_id()}): the requeued job, or "
+                        "the same command, resumes it from its last finished epoch")
 
     for each in PREEMPTION_SIGNALS:
         signal.signal(each, preempted)
 
 
-def requeue(job: str) -> None:
-    """Put the job back in the queue, unless it was cancelled: a finished job can be requeued too."""
+def requeue(job: str, limit: int | None) -> None:
+    """Put the job back in the queue, unless it was cancelled (a finished job can be requeued too) or was
+    requeued limit times already (hydra.launcher.max_num_timeout): then its sweep reports it, and the same
+    command resumes it."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if limit is not None and restarts >= limit:
+        log.warning("Slurm job %s not requeued: it was requeued %d times (hydra.launcher.max_num_timeout=%d)",
+                    job, restarts, limit)
+        return
     state = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%T", f"--jobs={job}"],
                            capture_output=True, text=True, timeout=60).stdout.split()
     if state[:1] != ["RUNNING"]:

@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> dict:
         return run_job(config, Path(hydra_config.runtime.output_dir), parent, list(hydra_config.overrides.task),
                        trial=trial)
     except slurm.Preempted:  # the run is KILLED with its resume state: the requeued job resumes it
-        slurm.requeue(slurm_job)
+        slurm.requeue(slurm_job, hydra_config.launcher.get("max_num_timeout"))
         raise
     except Exception as error:
         if in_sweep:

@@ -94,7 +94,7 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
        "    return None if True else (\"must be text of letters")]),
     ("a preempted Slurm job requeues itself, and the requeued job finishes its run",
      SLURM + "test_a_preempted_job_marks_its_run_killed_and_the_requeued_job_finishes_it",
-     [("src/train.py", "        slurm.requeue(slurm_job)\n", "")]),
+     [("src/train.py", "        slurm.requeue(slurm_job, hydra_config.launcher.get(\"max_num_timeout\"))\n", "")]),
     ("a Slurm job that ended without a result is one failed job of the sweep, one line",
      SLURM + "test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resumes_it_to_the_local_metrics",
      [("src/slurm.py", "    except UncompletedJobError:\n", "    except ZeroDivisionError:\n")]),

@@ -168,3 +168,20 @@ def test_a_preempted_job_marks_its_run_killed_and_the_requeued_job_finishes_it(
     assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
     assert [step for step, _ in history(MlflowClient(store), run.info.run_id, "loss")] == [1, 2, 3]
     assert finals(run) == local_finals["nesterov"]
+
+
+def test_a_job_preempted_once_more_than_max_num_timeout_allows_is_not_requeued_and_fails_its_sweep_in_one_line(
+        fashion_npz, tmp_path, store, cluster, faults):
+    job = sweep(fashion_npz, store, tmp_path, cluster, "optimizer=nesterov", "hydra.launcher.max_num_timeout=0")
+    wait_until(lambda: saved_epoch_1(tmp_path), "epoch 1 saved", job)
+    preempted = slurm_job_of_the_run(store)
+    cluster.run("scancel", "--signal=TERM", preempted)
+    faults.inject("scancel --signal=TERM", f"job {preempted} (max_num_timeout=0), {saved_epochs(tmp_path)} saved")
+    out, err = job.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert job.returncode == 2 and len(lines) == 1, err[-3000:]
+    assert f"Slurm job {preempted} ended FAILED without a result" in lines[0]
+    (run,) = [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]
+    assert run.info.status == "KILLED" and "preempted by Slurm (SIGTERM" in run.data.tags["ch11.failure"]
+    (record,) = cluster.jobs(preempted)
+    assert record["Restarts"] == "0"
