@@ -12,11 +12,16 @@ tasks behind these, and the workers go from one sweep to the next without waitin
 
 The workers start as soon as the sweep has validated its jobs (start_workers), before it opens
 its MLflow parent run: their imports (TensorFlow, Keras, MLflow: seconds) overlap that work
-instead of following it. A refused sweep starts none.
+instead of following it. What TensorFlow prints as it loads is held back in each worker until
+its first task: a sweep refused by its store meanwhile prints its one error line and nothing else.
 """
 
+import contextlib
 import logging
 import math
+import os
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,11 +109,39 @@ def warm_up(settings: dict, workers: int) -> None:
         log.debug("warming the workers up failed: %s", error)
 
 
+HELD_BACK: list[bytes] = []  # in a worker: what its imports printed, written out by its first task
+
+
 def imports() -> None:
-    """In a worker: TensorFlow, Keras and MLflow, by way of the modules a job runs."""
+    """In a worker: TensorFlow, Keras and MLflow, by way of the modules a job runs, their start-up lines
+    held back (the sweep can still be refused: then they never show)."""
     tolerate_growth()
-    import src.engine  # noqa: PLC0415
-    import src.job  # noqa: F401, PLC0415
+    with held_back_output():
+        import src.engine  # noqa: PLC0415
+        import src.job  # noqa: F401, PLC0415
+
+
+@contextlib.contextmanager
+def held_back_output():
+    """Catch what this process writes to stderr (TensorFlow's C++ start-up lines too: file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            HELD_BACK.append(caught.read())
+
+
+def release_held_back_output() -> None:
+    """The sweep runs: what the worker's imports printed goes out now, as it would have without holding back."""
+    while HELD_BACK:
+        os.write(2, HELD_BACK.pop(0))
 
 
 def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_function, state) -> list[JobReturn]:
@@ -116,6 +149,7 @@ def run_task(jobs: list[tuple[int, Sequence[str]]], hydra_context, config, task_
     from hydra_plugins.hydra_joblib_launcher import _core  # noqa: PLC0415
 
     tolerate_growth()
+    release_held_back_output()
     return [_core.execute_job(index, overrides, hydra_context, config, task_function, state)
             for index, overrides in jobs]
 

@@ -51,6 +51,8 @@ class ValidatingSweeper(BasicSweeper):
         configs = [self.job_config(job) for job in jobs]
         for path in sorted({in_repo(config["data"]["path"]) for config in configs}):
             require_prepared(path)  # a missing dataset: one line now, not a failure per job
+        if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
+            self.launcher.start_workers()
         swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -59,10 +61,7 @@ class ValidatingSweeper(BasicSweeper):
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier sweep's failure stops none of these jobs
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parent = ParentRun(configs, sweep_dir, arguments)  # a store it cannot use: refused here, one line
-        log.info("validated the configs of all %d jobs", len(jobs))
-        # Only now: workers importing TensorFlow print its start-up lines, which must not precede a refusal.
-        if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
-            self.launcher.start_workers()
+        log.info("validated the configs of all %d jobs", len(jobs))  # after the last refusal: nothing before it
         conclude = functools.partial(self.conclude, parent, sweep_dir, jobs, swept)
         try:
             if QUEUE is not None and len(batches) == 1 and hasattr(self.launcher, "submit"):
