@@ -104,12 +104,15 @@ def keeps_accounting() -> bool:
 
 # -- in the job's process ------------------------------------------------------------------------
 
-def job_id() -> str | None:
-    """This process's Slurm job (array_job_task), when it runs as a job of hydra/launcher=slurm."""
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return None
+def current_job() -> str | None:
+    """The Slurm job this process runs in (an array's task as <array job>_<task>), if any."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+
+
+def job_id() -> str | None:
+    """This process's Slurm job, when it runs as a job of hydra/launcher=slurm (submitit's)."""
+    return current_job() if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else None
 
 
 def stop_on_preemption() -> None:

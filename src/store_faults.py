@@ -75,9 +75,12 @@ def sqlite_store_problem(database: Path) -> str | None:
     return f"{database} {problem}" if problem else None
 
 
+PASSWORD = re.compile(r"(//[^/:@]*:)([^/@]*)@")  # the password of user:password@host in an address
+
+
 def shown(uri: str) -> str:
     """A store's address as printed: a password in it (user:password@host) masked."""
-    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", uri)
+    return PASSWORD.sub(r"\1***@", uri)
 
 
 def schema_problem(revision: str | None, uri: str) -> str | None:
@@ -124,8 +127,8 @@ def database_problem(uri: str) -> str | None:
             revision = MigrationContext.configure(connection).get_current_revision()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
         reason = one_line(getattr(error, "orig", None) or error, 200)
-        if password := re.search(r"//[^/:@]*:([^/@]+)@", uri):
-            reason = reason.replace(password.group(1), "***")
+        if (address := PASSWORD.search(uri)) and (password := address.group(2)):
+            reason = reason.replace(password, "***")
         if any(word in reason.lower() for word in LOGIN_REFUSED):
             return (f"refused the login ({reason}); set the right user and password in tracking.uri / "
                     "MLFLOW_TRACKING_URI (or in ~/.pgpass), or have the database's owner grant that user access")

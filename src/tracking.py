@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from src.errors import TrackingError, one_line
 from src.families import COMMON_CODE, FAMILIES
 from src.paths import REPO
+from src.slurm import current_job
 from src.store_faults import artifact_writes, disk_full, read_only, shown, store_problem
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,7 @@ SLURM_TAG = f"{TAG}slurm_job"  # the Slurm job (array job_task) that runs it, un
 
 def owner_tags() -> dict[str, str]:
     """Who runs the run now: this process, and the Slurm job it belongs to (refreshed when a run resumes)."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    slurm_job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    slurm_job = current_job()
     return {PROCESS_TAG: process_id(), **({SLURM_TAG: slurm_job} if slurm_job else {})}
 
 

@@ -87,7 +87,7 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
        "        if False:")]),
     ("a store's password is masked wherever its address is printed",
      STORE + "test_a_postgresql_store_that_refuses_the_login_is_one_line_without_the_password",
-     [("src/store_faults.py", "    return re.sub(r\"(//[^/:@]*:)[^/@]*@\", r\"\\1***@\", uri)", "    return uri")]),
+     [("src/store_faults.py", "    return PASSWORD.sub(r\"\\1***@\", uri)", "    return uri")]),
     ("names used for folders refuse separators and traversal",
      "tests/faults/test_hostile.py::test_hostile_overrides_are_refused_in_one_line_and_write_nothing_outside_the_outputs",
      [("src/rules.py", "    return None if ok else (\"must be text of letters",
