@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -58,6 +59,13 @@ def find_mirror() -> Path | None:
     """The offline mirror: $CH11_DATA_MIRROR, else ../shared/mirror beside the checkout."""
     candidate = Path(os.environ.get("CH11_DATA_MIRROR") or REPO.parent / "shared" / "mirror")
     return candidate if candidate.is_dir() else None
+
+
+def unavailable(message: str) -> NoReturn:
+    """A test's system package or right is missing: skip, or fail under CI, which must run every test."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_mirror() -> Path:

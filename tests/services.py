@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from conftest import unavailable
 
 
 def free_port() -> int:
@@ -33,10 +33,7 @@ def postgres_bin() -> Path:
         return found[-1].parent
     if shutil.which("initdb"):
         return Path(shutil.which("initdb")).parent
-    message = "PostgreSQL is not installed: apt-get install postgresql (.ci/run does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
 
 
 def wait_for(ready, what: str, process: subprocess.Popen, timeout_s: float = 120) -> None:

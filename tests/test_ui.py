@@ -12,7 +12,7 @@ import re
 import shutil
 
 import pytest
-from conftest import REPO, cli, parent_and_children, quiet_env, shrunk
+from conftest import REPO, cli, parent_and_children, quiet_env, shrunk, unavailable
 from mlflow.tracking import MlflowClient
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,10 +27,7 @@ def browser_paths() -> tuple[str, str]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium and driver:
         return chromium, driver
-    message = "headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
 
 
 @pytest.fixture

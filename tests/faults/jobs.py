@@ -14,13 +14,13 @@ def start(args, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) -> su
                             stderr=stderr, text=True)
 
 
-def wait_for(condition, job: subprocess.Popen, what: str, timeout_s: float = 300) -> None:
+def wait_for(condition, job: subprocess.Popen, what: str, timeout_s: float = 300, poll_s: float = 0.01) -> None:
     """Poll condition() until true; fail if the job ends first or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert job.poll() is None or condition(), f"the job ended before {what}"
         assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s"
-        time.sleep(0.01)
+        time.sleep(poll_s)
 
 
 def start_past_epoch_1(args, env, state: Path) -> subprocess.Popen:

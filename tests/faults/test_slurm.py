@@ -9,13 +9,14 @@ one node shares by construction.
 """
 
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, cli, history, parent_and_children, quiet_env, runs, shrunk
+from conftest import cli, history, parent_and_children, quiet_env, runs, shrunk
 from mlflow.tracking import MlflowClient
 from slurm_cluster import slurm_cluster
+
+from faults.jobs import start, wait_for
 
 pytestmark = pytest.mark.slow
 FINAL = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
@@ -68,20 +69,10 @@ STARTED: list[subprocess.Popen] = []
 
 def sweep(fashion_npz, store, tmp_path, cluster, *extra: str) -> subprocess.Popen:
     """The sweep command on the cluster, in the background (its output piped)."""
-    STARTED.append(subprocess.Popen([sys.executable, "-m", "src.train", "-m", *job_args(fashion_npz, store, tmp_path),
-                             *ON_SLURM, f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra],
-                            cwd=REPO, env={**quiet_env(), **cluster.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True))
+    STARTED.append(start(["-m", *job_args(fashion_npz, store, tmp_path), *ON_SLURM,
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra],
+                         {**quiet_env(), **cluster.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return STARTED[-1]
-
-
-def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if process is not None and process.poll() is not None and not condition():
-            pytest.fail(f"the sweep ended ({process.returncode}) before {what}: {process.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
-        time.sleep(0.1)
 
 
 def queued(cluster) -> list[dict[str, str]]:
@@ -107,7 +98,7 @@ def test_a_sweep_on_a_drained_node_waits_then_runs_each_job_as_a_slurm_job_with_
     faults.inject("drained node", "before the sweep's 2 jobs were submitted; resumed 5 s after they queued")
     try:
         job = sweep(fashion_npz, store, tmp_path, cluster, "optimizer=adam,nesterov")
-        wait_until(lambda: queued(cluster), "the job array in the queue", job)
+        wait_for(lambda: queued(cluster), job, "the job array in the queue", poll_s=0.1)
         time.sleep(5)
         assert {each["JobState"] for each in queued(cluster)} == {"PENDING"}
         assert not [run for run in runs(store) if "mlflow.parentRunId" in run.data.tags]  # no job started
@@ -128,7 +119,7 @@ def test_a_sweep_on_a_drained_node_waits_then_runs_each_job_as_a_slurm_job_with_
 def test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resumes_it_to_the_local_metrics(
         fashion_npz, tmp_path, store, cluster, local_finals, faults):
     job = sweep(fashion_npz, store, tmp_path, cluster, "optimizer=nesterov")
-    wait_until(lambda: saved_epoch_1(tmp_path), "epoch 1 saved", job)
+    wait_for(lambda: saved_epoch_1(tmp_path), job, "epoch 1 saved", poll_s=0.1)
     cancelled = slurm_job_of_the_run(store)
     cluster.run("scancel", cancelled)
     faults.inject("scancel", f"job {cancelled}, {saved_epochs(tmp_path)} saved")
@@ -154,11 +145,11 @@ def test_a_cancelled_job_fails_the_sweep_in_one_line_and_the_same_command_resume
 def test_a_preempted_job_marks_its_run_killed_and_the_requeued_job_finishes_it(
         fashion_npz, tmp_path, store, cluster, local_finals, faults):
     job = sweep(fashion_npz, store, tmp_path, cluster, "optimizer=nesterov")
-    wait_until(lambda: saved_epoch_1(tmp_path), "epoch 1 saved", job)
+    wait_for(lambda: saved_epoch_1(tmp_path), job, "epoch 1 saved", poll_s=0.1)
     preempted = slurm_job_of_the_run(store)
     cluster.run("scancel", "--signal=TERM", preempted)
     faults.inject("scancel --signal=TERM", f"job {preempted}, {saved_epochs(tmp_path)} saved")
-    wait_until(lambda: runs(store)[-1].info.status == "KILLED", "the run KILLED", job, timeout_s=60)
+    wait_for(lambda: runs(store)[-1].info.status == "KILLED", job, "the run KILLED", timeout_s=60, poll_s=0.1)
     out, err = job.communicate(timeout=600)
     assert job.returncode == 0, err[-3000:]
     (parent,), (run,) = parent_and_children(store)
@@ -173,7 +164,7 @@ def test_a_preempted_job_marks_its_run_killed_and_the_requeued_job_finishes_it(
 def test_a_job_preempted_once_more_than_max_num_timeout_allows_is_not_requeued_and_fails_its_sweep_in_one_line(
         fashion_npz, tmp_path, store, cluster, faults):
     job = sweep(fashion_npz, store, tmp_path, cluster, "optimizer=nesterov", "hydra.launcher.max_num_timeout=0")
-    wait_until(lambda: saved_epoch_1(tmp_path), "epoch 1 saved", job)
+    wait_for(lambda: saved_epoch_1(tmp_path), job, "epoch 1 saved", poll_s=0.1)
     preempted = slurm_job_of_the_run(store)
     cluster.run("scancel", "--signal=TERM", preempted)
     faults.inject("scancel --signal=TERM", f"job {preempted} (max_num_timeout=0), {saved_epochs(tmp_path)} saved")
