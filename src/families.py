@@ -158,6 +158,10 @@ def check_pretrained(config: dict) -> None:
                           "task=classify")
     if config["mc_dropout_samples"] > 0:
         raise ConfigError(f"mc_dropout_samples is for the MLP models; set it to 0 with model={model['name']}")
+    if model["train_base"] and model["fine_tune_epochs"] > 0:
+        raise ConfigError(f"model.train_base=true trains the whole base from the first epoch, so phase 2 "
+                          f"(model.fine_tune_epochs={model['fine_tune_epochs']}) has nothing to unfreeze; set "
+                          "model.fine_tune_epochs=0 and count its epochs in epochs")
     if model["pretrained"] and model["weights"] != "none" and data["scale"] != "symmetric":
         log.warning("data.scale=%s: MobileNetV2's pretrained weights expect inputs in [-1, 1] (data.scale=symmetric)",
                     data["scale"])

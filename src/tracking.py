@@ -32,6 +32,7 @@ from src.families import COMMON_CODE, FAMILIES
 from src.paths import REPO
 from src.slurm import current_job
 from src.store_faults import artifact_writes, disk_full, read_only, shown, store_problem
+from src.store_template import start_from_template
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def connect(tracking: dict) -> MlflowClient:
 
     try:
         with schema_lock(uri):
+            if uri.startswith("sqlite:///"):
+                start_from_template(Path(uri.removeprefix("sqlite:///")))  # a new store: copied, not migrated
             client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
             client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError, SQLAlchemyError, CommandError) as error:  # CommandError: an unknown schema

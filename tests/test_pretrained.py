@@ -89,6 +89,7 @@ def test_symmetric_scaling_is_mobilenet_v2s_own_preprocessing(cifar):
     (("model.weights=imagenet", "data.resize=[64,64]"), "square inputs of"),
     (("mc_dropout_samples=5",), "mc_dropout_samples is for the MLP models"),
     (("model.fine_tune_lr_factor=2",), "model.fine_tune_lr_factor=2 must be in"),
+    (("model.train_base=true", "model.fine_tune_epochs=1"), "phase 2 .* has nothing to unfreeze"),
 ])
 def test_settings_a_pretrained_base_cannot_take_are_refused_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,14 +108,40 @@ def test_both_phases_train_on_real_images_the_top_unfrozen_with_bn_frozen_at_a_t
                               lambda step, values: logged.append((step, values)), tmp_path)
     assert [step for step, _ in logged] == [1, 2]  # one curve across the phases
     assert logged[1][1]["learning_rate"] == pytest.approx(logged[0][1]["learning_rate"] / 10)
-    base = result["model"].get_layer(initial.name)
-    changed = {layer.name for layer in base.layers if layer.weights
-               and any(not np.array_equal(a, b) for a, b in
-                       zip(layer.get_weights(), initial.get_layer(layer.name).get_weights(), strict=True))}
+    changed = changed_layers(result["model"].get_layer(initial.name), initial)
     assert changed and all(name.startswith(("block_15", "block_16", "Conv_1")) for name in changed)
     assert not any("_BN" in name or name.endswith("bn") for name in changed)  # BN: frozen, inference mode
     assert result["epochs_run"] == 2 and 0 <= result["test_accuracy"] <= 1
     assert np.sum(result["confusion_matrix"]) == 100 and np.shape(result["confusion_matrix"]) == (10, 10)
+
+
+def changed_layers(trained: keras.Model, initial: keras.Model) -> set[str]:
+    return {layer.name for layer in trained.layers if layer.weights
+            and any(not np.array_equal(a, b) for a, b in
+                    zip(layer.get_weights(), initial.get_layer(layer.name).get_weights(), strict=True))}
+
+
+def test_a_base_trained_whole_trains_every_layer_bn_on_batch_statistics_without_the_cache(cifar, tmp_path):
+    """model.train_base (the fair from-scratch baseline): every base layer trains from the first epoch,
+    BN normalises with batch statistics while fitting and learns its moving statistics."""
+    settings = config(*SMALL, "model.pretrained=false", "model.train_base=true", "model.dropout=0.0",
+                      f"model.feature_cache={tmp_path / 'features'}")
+    keras.utils.set_random_seed(settings["seed"])
+    initial = build_transfer_model(settings["model"], (32, 32, 3), 10, None)
+    assert initial.base.trainable and all(layer.trainable for layer in initial.base.layers)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    assert not np.allclose(initial.full(images, training=True), initial.full(images, training=False), rtol=1e-3)
+
+    result = run(settings, cifar, tmp_path)
+    base = result["model"].get_layer(initial.base.name)
+    changed = changed_layers(base, initial.base)
+    batch_norms = {layer.name for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    convolutions = {layer.name for layer in base.layers if layer.weights} - batch_norms
+    assert changed == batch_norms | convolutions  # every layer with weights, from the first one on
+    moving_mean = [model.get_layer("bn_Conv1").get_weights()[2] for model in (base, initial.base)]
+    assert not np.array_equal(*moving_mean)  # learnt from the batches, not only gamma and beta
+    assert "feature_cache_hit" not in result and not (tmp_path / "features").exists()
+    assert result["epochs_run"] == 1 and 0 <= result["test_accuracy"] <= 1
 
 
 class StopAfterFirstEpoch(ResumeState):

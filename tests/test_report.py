@@ -235,6 +235,13 @@ def test_the_seeds_claims_are_judged_from_the_runs_and_skipped_without_them():
                                                  "seed": arm(0.4, 30.0), "seed_mixed_float16": arm(0.4, 90.0)})
     assert "symmetric 0.5010 against scratch 0.2010" in claims.transfer_helps(mobilenet)
     assert claims.transfer_helps(mobilenet).endswith("Verdict: supported at this budget.")
+    frozen = summary("mobilenet_v2_cifar10", {"symmetric_fine_tuned": arm(0.6), "scratch_fine_tuned": arm(0.1)})
+    assert claims.transfer_helps(frozen).endswith("is the fair baseline and is not run yet).")
+    whole = summary("mobilenet_v2_cifar10", {"symmetric_fine_tuned": arm(0.6), "scratch_fine_tuned": arm(0.1),
+                                             "scratch_whole": arm(0.65)})
+    text = claims.transfer_helps(whole)
+    assert "symmetric_fine_tuned 0.6010 against scratch_whole 0.6510" in text
+    assert "Verdict: not supported here (scratch_fine_tuned: a frozen base from random weights" in text
     assert "90 s under mixed_float16 against 30 s in float32" in claims.mixed_float16_cost(mobilenet)
     assert "costs x3.00 the time" in claims.mixed_float16_cost(mobilenet)
     assert claims.section({}) == ["## The seeds' claims, tested", ""]

@@ -6,6 +6,8 @@
     phase 2  `model.fine_tune_epochs` more: the base's top (from model.fine_tune_from) is
              unfrozen, BN stays in inference mode, a fresh optimizer at learning rate x
              model.fine_tune_lr_factor. Epoch numbers run on, so the MLflow curve is continuous.
+    or       model.train_base: `epochs` epochs of the whole network, BN in training mode (no
+             feature cache, no phase 2): the from-scratch baseline of a transfer experiment.
 
 Same contract as src.engine.fit_and_evaluate, and the same phased, resumable fit
 (src/fitting.py); the result adds the test set's confusion matrix.
@@ -49,7 +51,7 @@ def fit_and_evaluate(config: dict, data: Prepared, state: ResumeState, sink, wor
         log.info("gradient diagnostics are for the MLP models: not computed for %s", cfg["name"])
     head_epochs, total = config["epochs"], config["epochs"] + cfg["fine_tune_epochs"]
     steps = steps_per_epoch(len(data.split("train")[0]), batch_size)
-    cached = cfg["feature_cache"] is not None and cfg["augment"] == "none"
+    cached = cfg["feature_cache"] is not None and cfg["augment"] == "none" and not cfg["train_base"]
     features, extra = {}, {}
     if cached:
         features, extra = head_features(config, data, model, ("train", "valid"))

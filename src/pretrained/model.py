@@ -6,6 +6,10 @@ The base is called with training=False, so its Batch Normalization layers keep t
 moving statistics in both phases (unfrozen BN layers would otherwise re-learn them from
 a few small batches and wreck the pretrained features). The head's layers are shared by
 the full model and by a head-only model that trains on cached pooled features.
+
+With model.train_base the base is no pretrained part but a network trained whole from the
+first epoch, as one trains from scratch: every layer trainable, BN on batch statistics while
+fitting and on its moving statistics when evaluated.
 """
 
 import hashlib
@@ -73,21 +77,23 @@ def weights_file(cfg: dict, size: int) -> Path | None:
 
 def build_transfer_model(cfg: dict, input_shape: tuple[int, int, int], n_classes: int,
                          weights: Path | None) -> TransferModel:
-    """The base (frozen) with a new head; cfg is the model config (conf/model/mobilenet_v2.yaml)."""
+    """The base (frozen, or trained whole: cfg["train_base"]) with a new head; cfg is the model config
+    (conf/model/mobilenet_v2.yaml)."""
     try:
         base = keras.applications.MobileNetV2(input_shape=input_shape, alpha=cfg["alpha"], include_top=False,
                                               weights=None if weights is None else str(weights))
     except (ValueError, OSError) as error:
         raise DataError(f"cannot load the base's weights from {weights} ({one_line(error, 160)}); it must be a "
                         f"weights file of MobileNetV2 alpha {cfg['alpha']} without its top") from None
-    base.trainable = False
+    base.trainable = cfg["train_base"]
     pooling = keras.layers.GlobalAveragePooling2D(name="pool")
     dropout = keras.layers.Dropout(cfg["dropout"], name="head_dropout")
     # float32 output: softmax and the loss stay accurate under mixed precision.
     output = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="output")
 
     images = keras.Input(shape=input_shape, name="image")
-    probabilities = output(dropout(pooling(base(images, training=False))))
+    # training=None: Keras's own flag, True while fitting, so a base trained whole runs BN in training mode.
+    probabilities = output(dropout(pooling(base(images, training=None if cfg["train_base"] else False))))
     features = keras.Input(shape=(base.output_shape[-1],), name="features")
     head = keras.Model(features, output(dropout(features)), name="head")
     return TransferModel(keras.Model(images, probabilities, name=f"{base.name}_transfer"), base, head)
