@@ -132,6 +132,7 @@ MOBILENET_V2 = {
     "translate": number(0, 0.5, low_open=True), "feature_cache": optional(text),
     "fine_tune_epochs": integer(0, MAX_EPOCHS),
     "fine_tune_from": layer_ref, "fine_tune_lr_factor": number(0, 1, low_open=True),
+    "bn_momentum": optional(number(0, 1, high_open=True)),
 }
 
 

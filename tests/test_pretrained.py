@@ -125,10 +125,14 @@ def test_a_base_trained_whole_trains_every_layer_bn_on_batch_statistics_without_
     """model.train_base (the fair from-scratch baseline): every base layer trains from the first epoch,
     BN normalises with batch statistics while fitting and learns its moving statistics."""
     settings = config(*SMALL, "model.pretrained=false", "model.train_base=true", "model.dropout=0.0",
-                      f"model.feature_cache={tmp_path / 'features'}")
+                      "model.bn_momentum=0.9", f"model.feature_cache={tmp_path / 'features'}")
     keras.utils.set_random_seed(settings["seed"])
     initial = build_transfer_model(settings["model"], (32, 32, 3), 10, None)
     assert initial.base.trainable and all(layer.trainable for layer in initial.base.layers)
+    momenta = {layer.momentum for layer in initial.base.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    own = {layer.momentum for layer in build_transfer_model(config(*SMALL)["model"], (32, 32, 3), 10, None).base.layers
+           if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9} and own == {0.999}  # MobileNetV2's own unless model.bn_momentum says otherwise
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
     assert not np.allclose(initial.full(images, training=True), initial.full(images, training=False), rtol=1e-3)
 

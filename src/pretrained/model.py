@@ -86,6 +86,10 @@ def build_transfer_model(cfg: dict, input_shape: tuple[int, int, int], n_classes
         raise DataError(f"cannot load the base's weights from {weights} ({one_line(error, 160)}); it must be a "
                         f"weights file of MobileNetV2 alpha {cfg['alpha']} without its top") from None
     base.trainable = cfg["train_base"]
+    if cfg["bn_momentum"] is not None:  # read by each BN layer's call, so set before the model is traced
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg["bn_momentum"]
     pooling = keras.layers.GlobalAveragePooling2D(name="pool")
     dropout = keras.layers.Dropout(cfg["dropout"], name="head_dropout")
     # float32 output: softmax and the loss stay accurate under mixed precision.
