@@ -94,5 +94,14 @@ def a_second_repro_runs_nothing_and_an_edited_experiment_reruns_only_itself_and_
     experiment.write_text(experiment.read_text().replace("  depth: 2\n", "  depth: 2\n  l2: 0.0001\n"))
     edited = dvc("repro", "report", cwd=work, env=env)
     assert edited.returncode == 0, edited.stderr[-3000:]
-    ran = {line.split("'")[1] for line in edited.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"experiment@batchnorm", "report"}
+    assert stages_run(edited) == {"experiment@batchnorm", "report"}
+
+    arm = work / "conf" / "variant" / "seed_notebook" / "model2.yaml"  # one experiment's arm, not its file
+    arm.write_text(arm.read_text() + "# edited\n")
+    edited = dvc("repro", "report", cwd=work, env=env)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert "experiment@seed_notebook" in stages_run(edited) and "experiment@batchnorm" not in stages_run(edited)
+
+
+def stages_run(repro) -> set[str]:
+    return {line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage")}
