@@ -37,9 +37,10 @@ LOWER_IS_BETTER = re.compile(r"loss|nll|brier|ece")
 
 def connect(uri: str | None):
     from src import tracking  # noqa: PLC0415 (MLflow: only when a subcommand runs)
+    from src.store_faults import sqlite_file  # noqa: PLC0415
 
     found = tracking.tracking_uri({"uri": uri})
-    if found.startswith("sqlite:///") and not Path(found.removeprefix("sqlite:///")).is_file():
+    if (database := sqlite_file(found)) and not database.is_file():
         raise ConfigError(f"no MLflow store at {found} (this command reads runs, it makes no store); "
                           "pass --tracking-uri or set MLFLOW_TRACKING_URI to the store your runs are in")
     return tracking.connect({"uri": uri})

@@ -26,9 +26,14 @@ from src.errors import TrackingError, one_line
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store's address (sqlite:///<path>); None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def store_problem(uri: str) -> str | None:
     """Why the store at uri cannot be opened without harm, as the line to print; None if it can."""
-    if uri.startswith("sqlite:///") and (problem := sqlite_store_problem(Path(uri.removeprefix("sqlite:///")))):
+    if (database := sqlite_file(uri)) and (problem := sqlite_store_problem(database)):
         return f"MLflow store {uri}: {problem}"
     if uri.partition(":")[0].partition("+")[0] in DATABASE_SERVERS and (problem := database_problem(uri)):
         return f"MLflow store {shown(uri)} {problem}"

@@ -31,7 +31,7 @@ from src.errors import TrackingError, one_line
 from src.families import COMMON_CODE, FAMILIES
 from src.paths import REPO
 from src.slurm import current_job
-from src.store_faults import artifact_writes, disk_full, read_only, shown, store_problem
+from src.store_faults import artifact_writes, disk_full, read_only, shown, sqlite_file, store_problem
 from src.store_template import start_from_template
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ def connect(tracking: dict) -> MlflowClient:
 
     try:
         with schema_lock(uri):
-            if uri.startswith("sqlite:///"):
-                start_from_template(Path(uri.removeprefix("sqlite:///")))  # a new store: copied, not migrated
             client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
             client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError, SQLAlchemyError, CommandError) as error:  # CommandError: an unknown schema
@@ -78,15 +76,17 @@ def schema_lock(uri: str):
 
     MLflow runs its migrations when it first opens a store; processes that open a new
     store at once race through them ("table _alembic_tmp_experiments already exists",
-    "Online migration expected to match one row"). A lock file beside the database orders them.
+    "Online migration expected to match one row"). A lock file beside the database orders them,
+    and the first one makes the store a copy of the cached empty one (src/store_template.py).
     """
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_file(uri)
+    if database is None:
         yield  # a server or a database server serialises its own schema changes
         return
-    database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(f".{database.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        start_from_template(database)  # a new store: copied, not migrated
         yield
 
 
@@ -114,9 +114,9 @@ def artifact_location(tracking: dict) -> str | None:
     """Explicit, else beside a local SQLite store (MLflow's default is ./mlruns of the cwd)."""
     if tracking["artifact_location"]:
         return Path(tracking["artifact_location"]).resolve().as_uri()
-    uri = tracking_uri(tracking)
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    database = sqlite_file(tracking_uri(tracking))
+    if database is not None:
+        return (database.parent / "mlartifacts").as_uri()
     return None  # a tracking server decides
 
 

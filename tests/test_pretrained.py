@@ -98,6 +98,12 @@ def test_settings_a_pretrained_base_cannot_take_are_refused_with_the_fix(overrid
 
 # -- both phases ----------------------------------------------------------------------------------
 
+def changed_layers(trained: keras.Model, initial: keras.Model) -> set[str]:
+    return {layer.name for layer in trained.layers if layer.weights
+            and any(not np.array_equal(a, b) for a, b in
+                    zip(layer.get_weights(), initial.get_layer(layer.name).get_weights(), strict=True))}
+
+
 def test_both_phases_train_on_real_images_the_top_unfrozen_with_bn_frozen_at_a_tenth_of_the_rate(cifar, tmp_path):
     settings = config(*SMALL, "model.fine_tune_epochs=1", "model.fine_tune_from=block_15_expand",
                       f"model.feature_cache={tmp_path / 'features'}")
@@ -113,12 +119,6 @@ def test_both_phases_train_on_real_images_the_top_unfrozen_with_bn_frozen_at_a_t
     assert not any("_BN" in name or name.endswith("bn") for name in changed)  # BN: frozen, inference mode
     assert result["epochs_run"] == 2 and 0 <= result["test_accuracy"] <= 1
     assert np.sum(result["confusion_matrix"]) == 100 and np.shape(result["confusion_matrix"]) == (10, 10)
-
-
-def changed_layers(trained: keras.Model, initial: keras.Model) -> set[str]:
-    return {layer.name for layer in trained.layers if layer.weights
-            and any(not np.array_equal(a, b) for a, b in
-                    zip(layer.get_weights(), initial.get_layer(layer.name).get_weights(), strict=True))}
 
 
 def test_a_base_trained_whole_trains_every_layer_bn_on_batch_statistics_without_the_cache(cifar, tmp_path):

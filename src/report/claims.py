@@ -110,12 +110,12 @@ def transfer_helps(summary: dict | None) -> str | None:
     verdict = "supported at this budget" if better else "not supported here"
     frozen_at_chance = [scratch for _, scratch in pairs if scratch != "scratch_whole" and accuracy[scratch] <= 0.11]
     if frozen_at_chance:  # 10 classes
+        fair_baseline = ("the network trained whole from random weights, BN in training mode, is the fair baseline"
+                         if "scratch_whole" in accuracy else "a from-scratch network trained whole, BN in training "
+                         "mode, is the fair baseline and is not run yet")
         verdict += (f" ({', '.join(frozen_at_chance)}: a frozen base from random weights, its BN layers in inference "
-                    "mode with their initial statistics, passes on almost no signal, so the head stays at chance")
-        verdict += (("; the network trained whole from random weights, BN in training mode, is the fair baseline"
-                     if "scratch_whole" in accuracy else
-                     "; a from-scratch network trained whole, BN in training mode, is the fair baseline and is "
-                     "not run yet") + ")")
+                    f"mode with their initial statistics, passes on almost no signal, so the head stays at chance; "
+                    f"{fair_baseline})")
     return (f"**\"Transfer learning improves performance\"** ({SEED_NOTEBOOK}, its summary). MobileNetV2 on 2,500 "
             f"CIFAR-10 images, test accuracy, the pretrained base against the same network and budget from "
             f"random weights: {shown}. Verdict: {verdict}.")
