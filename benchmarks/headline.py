@@ -207,21 +207,11 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
 
 
 def expand(name: str, extras: list[str]) -> list[dict]:
-    """The experiment's jobs as its sweep runs them (Hydra's basic sweeper, the values of each job's
-    swept keys, in order), known before either side runs so that either can go first."""
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: PLC0415
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    """The experiment's jobs as its sweep runs them (the values of each job's swept keys, in order),
+    known before either side runs so that either can go first."""
+    from src.sweep import experiment_jobs  # noqa: PLC0415
 
-    given = OverridesParser.create().parse_overrides([f"experiment={name}", *extras])
-    fixed = [override.input_line for override in given if not override.is_sweep_override()]
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        params = compose("config", fixed, return_hydra_config=True).hydra.sweeper.params
-    overrides = [*OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]),
-                 *given]
-    swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
-    return [{key: value for key, value in (item.split("=", 1) for item in job) if key in swept}
-            for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return experiment_jobs(name, extras)
 
 
 def overrides(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> dict[str, list[dict]]:

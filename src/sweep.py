@@ -8,6 +8,8 @@
 3. Jobs that fail do not stop the others; the sweep then exits with one line per failure.
 4. When all succeed, <sweep dir>/jobs.json lists every job's swept values and MLflow run
    (skipped jobs included): what the pipeline's per-experiment summary reads.
+5. An arm can sweep values of its own (hydra.sweeper.arm_params), for instance more seeds for
+   the one arm whose results spread widely, without giving them to every arm of the grid.
 """
 
 import fcntl
@@ -26,7 +28,7 @@ from omegaconf import OmegaConf, open_dict
 from src.config import validate
 from src.data.load import require_prepared
 from src.errors import ConfigError, LabError
-from src.paths import in_repo, write_json
+from src.paths import REPO, in_repo, write_json
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent.json"
@@ -39,21 +41,22 @@ class NotRun(LabError):
 
 
 class ValidatingSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, fail_fast: bool = False):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, fail_fast: bool = False,
+                 arm_params: dict | None = None):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.fail_fast = fail_fast  # read by the jobs themselves (stop_if_failed_before, job_failed)
+        self.arm_params = arm_params
 
     def sweep(self, arguments: list[str]) -> Any:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        batches = self.split_arguments(overrides, self.max_batch_size)
-        jobs = [list(job) for batch in batches for job in batch]
+        jobs, swept = expand_jobs(parser, self._parse_config(), arguments, self.arm_params)
+        batches = ([jobs] if self.max_batch_size is None
+                   else list(self.split_overrides_to_chunks(jobs, self.max_batch_size)))
         configs = [self.job_config(job) for job in jobs]
         for path in sorted({in_repo(config["data"]["path"]) for config in configs}):
             require_prepared(path)  # a missing dataset: one line now, not a failure per job
         if hasattr(self.launcher, "start_workers"):  # the parallel launcher's head start (src/launcher.py)
             self.launcher.start_workers()
-        swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         lock = hold(sweep_dir)  # held until the sweep is concluded
@@ -94,6 +97,63 @@ class ValidatingSweeper(BasicSweeper):
 
     def job_config(self, job: list[str]) -> dict:
         return job_config(self.hydra_context, self.config, job)
+
+
+def expand_jobs(parser: OverridesParser, params: list[str], arguments: list[str],
+                arm_params: dict | None) -> tuple[list[list[str]], set[str]]:
+    """The sweep's jobs, each a list of "key=value" overrides, and the keys that vary between them.
+
+    First the grid of hydra.sweeper.params and the command line, as Hydra's basic sweeper expands
+    it (a key given on the command line replaces the grid's). Then hydra.sweeper.arm_params,
+    {key: {value: {other key: values}}}: a job whose key has that value (an arm) takes the arm's
+    own values of the other keys, each a sweep (range(42,62), a,b,c), unless the command line
+    gives that key: `seed=42` narrows every arm to seed 42. A job met twice (two grid seeds widened
+    into the same arm seeds) runs once, where it first appears.
+    """
+    overrides = parser.parse_overrides([*params, *arguments])
+    swept = {override.get_key_element() for override in overrides if override.is_sweep_override()}
+    given = {override.get_key_element() for override in parser.parse_overrides(arguments)}
+    own = {}  # "key=value" (an arm) -> its jobs' own overrides (those the command line leaves alone)
+    for key, by_value in (arm_params or {}).items():
+        for value, values in by_value.items():
+            parsed = [override for override in parser.parse_overrides([f"{k}={v}" for k, v in values.items()])
+                      if override.get_key_element() not in given]
+            own[f"{key}={value}"] = [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+            swept |= {override.get_key_element() for override in parsed if override.is_sweep_override()}
+    jobs, seen = [], set()
+    for job in (list(job) for job in BasicSweeper.split_arguments(overrides, None)[0]):
+        arms = [arm for arm in own if arm in job]
+        if len(arms) > 1:
+            raise ConfigError(f"job ({' '.join(job)}) belongs to two arms of hydra.sweeper.arm_params, "
+                              f"{' and '.join(arms)}: give each job at most one")
+        for values in own[arms[0]] if arms else [[]]:
+            widened = with_values(job, values)
+            if tuple(widened) not in seen:
+                seen.add(tuple(widened))
+                jobs.append(widened)
+    return jobs, swept
+
+
+def experiment_jobs(experiment: str, arguments: list[str]) -> list[dict[str, str]]:
+    """The swept values of each job of `python -m src.train -m experiment=<experiment> <arguments>`,
+    in the order the sweep runs them, known without running it (the benchmarks, the tests)."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    parser = OverridesParser.create()
+    arguments = [f"experiment={experiment}", *arguments]
+    fixed = [override.input_line for override in parser.parse_overrides(arguments) if not override.is_sweep_override()]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        sweeper = compose("config", fixed, return_hydra_config=True).hydra.sweeper
+    params = [f"{key}={value}" for key, value in (sweeper.params or {}).items()]
+    jobs, swept = expand_jobs(parser, params, arguments, sweeper.arm_params)
+    return [{key: value for key, value in (item.split("=", 1) for item in job) if key in swept} for job in jobs]
+
+
+def with_values(job: list[str], values: list[str]) -> list[str]:
+    """The job's overrides with each of values ("key=value") in place of the job's value of that key."""
+    replace = {item.split("=", 1)[0]: item for item in values}
+    kept = [replace.pop(item.split("=", 1)[0], item) for item in job]
+    return [*kept, *replace.values()]
 
 
 def hold(sweep_dir: Path):
