@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -86,3 +87,18 @@ def test_a_familys_code_hash_leaves_out_the_other_familys_code():
     assert not any(name.startswith("src/pretrained/") for name in mlp)
     assert "src/pretrained/engine.py" in {str(path.relative_to(REPO)) for path in result_files("mobilenet_v2")}
     assert code_hash("mlp") != code_hash("mobilenet_v2") and len(code_hash("mlp")) == 64
+
+
+def test_every_mutation_of_the_mutation_check_still_finds_its_text_and_its_test():
+    """make mutants runs outside the suite: code moved under one of its edits must fail here, not on the
+    day the check is re-run (each edit's text once in its file, each guarding test still there)."""
+    sys.path.insert(0, str(REPO / "tests" / "faults"))
+    try:
+        from mutate import MUTATIONS
+    finally:
+        sys.path.remove(str(REPO / "tests" / "faults"))
+    for protection, test, edits in MUTATIONS:
+        path, name = test.split("[")[0].split("::")  # a parametrized test: its function
+        assert f"def {name}(" in (REPO / path).read_text(), protection
+        for file, text, _ in edits:
+            assert (REPO / file).read_text().count(text) == 1, f"{protection}: {file} no longer holds {text!r}"
