@@ -59,6 +59,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from benchmarks.common import CHILD_ENV, REPO, figure, finish
 from src.params import load_params
 from src.paths import copy_repo
+from src.sweep import experiment_jobs
 
 TARGET = 2.0
 WAYS = {"chapter": "one process for all experiments (python -m src.chapter)",
@@ -206,14 +207,6 @@ def notebook_job(keras, config: dict, full, source=None) -> tuple:
     return model, accuracy
 
 
-def expand(name: str, extras: list[str]) -> list[dict]:
-    """The experiment's jobs as its sweep runs them (the values of each job's swept keys, in order),
-    known before either side runs so that either can go first."""
-    from src.sweep import experiment_jobs  # noqa: PLC0415
-
-    return experiment_jobs(name, extras)
-
-
 def overrides(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> dict[str, list[dict]]:
     """Each job's whole set of overrides, {experiment: [{key: value}, ...]}, from its swept values and the
     experiment's narrowing: the same jobs compare equal whichever keys a way's sweep counts as swept
@@ -247,7 +240,7 @@ def main() -> None:
     if unknown := set(ways) - set(WAYS):
         parser.error(f"unknown --ways {', '.join(sorted(unknown))}; choose from {', '.join(WAYS)}")
     began, extras = time.perf_counter(), {name: shrink(name, args.train_size, args.seeds) for name in args.experiments}
-    jobs = {name: expand(name, extras[name]) for name in args.experiments}
+    jobs = {name: experiment_jobs(name, extras[name]) for name in args.experiments}  # known before either side runs
     runs = []
     for repeat in range(args.repeats):
         # The sides take turns going first (at --repeats 2: notebook, pipeline, pipeline, notebook), so that a

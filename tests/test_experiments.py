@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from src.config import validate
+from src.report.summary import arm_label
 from src.sweep import experiment_jobs
 from src.tracking import PROCESS_TAG
 
@@ -75,7 +76,7 @@ def test_an_experiment_file_opens_with_how_to_run_it_what_the_book_reports_and_t
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_job_of_an_experiment_composes_and_validates(name):
     jobs = experiment_jobs(name, [])
-    seeds = collections.Counter(tuple(sorted(job.items() - {("seed", job.get("seed"))})) for job in jobs)
+    seeds = collections.Counter(arm_label(name, job) for job in jobs)
     assert min(seeds.values()) >= 3, "several seeds an arm: the report shows mean and spread"
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         for job in jobs:

@@ -188,14 +188,14 @@ def test_the_summary_line_counts_matches_spread_and_differences_and_keeps_losses
 def test_every_number_in_published_yaml_names_its_cell_and_an_arm_the_experiment_sweeps():
     from test_experiments import EXPERIMENTS
 
+    from src.report.summary import arm_label
     from src.sweep import experiment_jobs
 
     published = yaml.safe_load((REPO / "reports" / "published.yaml").read_text())
     experiments = [name for name in published if name != "tolerance"]
     assert set(experiments) <= set(EXPERIMENTS) and len(experiments) >= 9  # the book prints none for the rest
     for name in experiments:
-        arms = {", ".join(value for key, value in job.items() if key != "seed")
-                for job in experiment_jobs(name, [])} | {"source_model"}
+        arms = {arm_label(name, job) for job in experiment_jobs(name, [])} | {"source_model"}
         for number in published[name]["numbers"]:
             assert number["arm"] in arms, f"{name}: {number['arm']} is not an arm of its sweep"
             assert number["cell"] and 0 < number["value"] < 1, number

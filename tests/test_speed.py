@@ -13,11 +13,12 @@ import pytest
 from conftest import REPO
 from test_engine_parts import config
 
-from benchmarks.headline import expand, overrides, shrink
+from benchmarks.headline import overrides, shrink
 from benchmarks.report import markdown
 from benchmarks.startup import heavy_imports
 from src.data.shared import prepared_once
 from src.errors import DataError
+from src.sweep import experiment_jobs
 
 
 def copy_prepared(npz: Path, folder: Path) -> Path:
@@ -108,11 +109,11 @@ def test_every_benchmark_imports_against_the_code_it_measures():
 def test_the_headline_knows_each_experiments_jobs_before_either_side_runs():
     """The headline's notebook side can go first only if it expands the sweep as Hydra's sweeper
     does: the experiment's own sweep (variants x seeds), narrowed by --seeds, in the sweeper's order."""
-    narrowed = expand("seed_notebook", shrink("seed_notebook", 20000, "43,44"))
+    narrowed = experiment_jobs("seed_notebook", shrink("seed_notebook", 20000, "43,44"))
     assert narrowed == [{"+variant/seed_notebook": variant, "seed": seed}
                         for variant in ("model1", "model2", "model2_fast_bn") for seed in ("43", "44")]
-    assert len(expand("seed_notebook", shrink("seed_notebook", 0, "all"))) == 60
-    init = expand("init_activation", shrink("init_activation", 20000, "42"))
+    assert len(experiment_jobs("seed_notebook", shrink("seed_notebook", 0, "all"))) == 60
+    init = experiment_jobs("init_activation", shrink("init_activation", 20000, "42"))
     assert len(init) == 24 and len({tuple(sorted(job.items())) for job in init}) == 24
     # the repro way's experiment files fix a single seed, so its jobs.json leaves "seed" out: the same jobs
     extras = {"seed_notebook": ["data.train_size=20000", "seed=42"]}
