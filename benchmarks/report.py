@@ -1,11 +1,11 @@
 """`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
 
-    python -m benchmarks.report                     # all but headline_chapter: ~50 minutes on 2 cores
+    python -m benchmarks.report                     # all but headline_chapter: ~30 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
     python -m benchmarks.report --only headline_chapter
-                                                    # every Fashion-MNIST experiment, seed 42, two ways (~65 min)
-    python -m benchmarks.report --all               # every one: the whole report from one run on one machine
+                                                    # every Fashion-MNIST experiment, seed 42, two ways (~55 min)
+    python -m benchmarks.report --all               # every one: the whole report from one run on one machine (~85 min)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
@@ -49,12 +49,13 @@ BENCHMARKS = {
                                ["--experiments", "seed_notebook", "--seeds", "42", "--train-size", "2000",
                                 "--target", "1.5"]),
     "headline_chapter": ("headline", ["--experiments", "all", "--train-size", "20000", "--seeds", "42",
-                                      "--ways", "chapter,repro", "--repeats", "2", "--target", "3"],
+                                      "--ways", "chapter,repro", "--repeats", "1", "--target", "3"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
-# Not in the default run (about 65 minutes alone on 2 cores: the notebook side twice, before and after the
-# pipeline's): --only headline_chapter or --all; the report keeps its last result. Plain dvc repro's process per
-# stage (--ways stages) is left out of it: another 20 minutes, and no target.
+# Not in the default run (about 55 minutes alone on 2 cores, at one round: the notebook side ~33 minutes of it; a
+# second round doubles it, too long for --all to fit beside other work): --only headline_chapter or --all; the
+# report keeps its last result. Plain dvc repro's process per stage (--ways stages) is left out of it: another
+# 20 minutes, and no target.
 OPTIONAL = ("headline_chapter",)
 
 
