@@ -52,10 +52,10 @@ BENCHMARKS = {
                                       "--ways", "chapter,repro", "--repeats", "1", "--target", "3"],
                          ["--experiments", "all", "--train-size", "1000", "--seeds", "42"]),
 }
-# Not in the default run (about 55 minutes alone on 2 cores, at one round: the notebook side ~33 minutes of it; a
-# second round doubles it, too long for --all to fit beside other work): --only headline_chapter or --all; the
-# report keeps its last result. Plain dvc repro's process per stage (--ways stages) is left out of it: another
-# 20 minutes, and no target.
+# Not in the default run (the longest benchmark even at one round, the notebook side most of it: the report's last
+# table gives its wall time; a second round doubles it, too long for --all to fit in a working session): --only
+# headline_chapter or --all; the report keeps its last result. Plain dvc repro's process per stage (--ways stages)
+# is left out of it: another 20 minutes, and no target.
 OPTIONAL = ("headline_chapter",)
 
 
