@@ -4,8 +4,8 @@
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
     python -m benchmarks.report --only headline_chapter
-                                                    # every Fashion-MNIST experiment, seed 42, two ways (~55 min)
-    python -m benchmarks.report --all               # every one: the whole report from one run on one machine (~85 min)
+                                                    # every Fashion-MNIST experiment, seed 42, two ways (~40 min)
+    python -m benchmarks.report --all               # every one: the whole report from one run on one machine (~80 min)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
