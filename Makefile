@@ -83,7 +83,7 @@ faults: $(STAMP) ## The fault-injection suite alone, then reports/reliability.md
 mutants: $(STAMP) ## Remove each protection the fault suite checks; its test must fail (reports/fault_mutations.json)
 	$(BIN)/python tests/faults/mutate.py
 
-bench: $(STAMP) ## Run the benchmarks (BENCH_ARGS=--all: headline_chapter too): reports/benchmarks.md and .json
+bench: $(STAMP) ## Run the benchmarks (BENCH_ARGS=--all: the optional headline rows too): reports/benchmarks.md and .json
 	$(BIN)/dvc repro prepare
 	$(BIN)/python -m benchmarks.report $(BENCH_ARGS)
 

@@ -158,7 +158,8 @@ def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple
     for name, records in jobs.items():
         accuracies[name], began = [], time.perf_counter()
         for params in records:
-            config = compose([f"experiment={name}", *extras[name], *(f"{k}={v}" for k, v in params.items())])
+            narrowing = [item for item in extras[name] if item.split("=", 1)[0] not in params]  # seed=42,43: a sweep's
+            config = compose([f"experiment={name}", *narrowing, *(f"{k}={v}" for k, v in params.items())])
             source = None
             if config["transfer"]["source_classes"]:
                 recipe = source_config(config)
