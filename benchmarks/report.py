@@ -1,13 +1,13 @@
 """`make bench`: every benchmark, one after another, then reports/benchmarks.md and .json.
 
-    python -m benchmarks.report                     # all but the two OPTIONAL ones: ~40 minutes on 2 cores
+    python -m benchmarks.report                     # all but the two OPTIONAL ones: ~45 minutes on 2 cores
     python -m benchmarks.report --only levers flops # some; the others' last results stay in the report
     python -m benchmarks.report --quick             # fewer repeats and steps: a smoke run (~5 min)
     python -m benchmarks.report --only headline_chapter
-                                                    # every Fashion-MNIST experiment, seed 42, two ways (~40 min)
+                                                    # every Fashion-MNIST experiment, seed 42, two ways (~45 min)
     python -m benchmarks.report --only headline_seed_notebook_stage
-                                                    # seed_notebook's whole stage, 60 jobs, two ways (~10 min)
-    python -m benchmarks.report --all               # every one: the whole report from one run on one machine (~90 min)
+                                                    # seed_notebook's whole stage, 60 jobs, two ways (~16 min)
+    python -m benchmarks.report --all               # every one: the whole report from one run on one machine (~100 min)
 
 Each benchmark runs in a fresh process (TensorFlow's threads and precision are per
 process) and measures its sides alternately in that one run, so every figure is a ratio
