@@ -155,11 +155,11 @@ def notebook(jobs: dict[str, list[dict]], extras: dict[str, list[str]]) -> tuple
 
     full = load_prepared(REPO / "data" / "prepared" / "fashion_mnist.npz")
     sources, accuracies, seconds = {}, {}, {}
+    whole = overrides(jobs, extras)  # the job's own values win over the narrowing (seed=42,43 is a sweep's)
     for name, records in jobs.items():
         accuracies[name], began = [], time.perf_counter()
-        for params in records:
-            narrowing = [item for item in extras[name] if item.split("=", 1)[0] not in params]  # seed=42,43: a sweep's
-            config = compose([f"experiment={name}", *narrowing, *(f"{k}={v}" for k, v in params.items())])
+        for params, job in zip(records, whole[name], strict=True):
+            config = compose([f"experiment={name}", *(f"{k}={v}" for k, v in job.items())])
             source = None
             if config["transfer"]["source_classes"]:
                 recipe = source_config(config)
