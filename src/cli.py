@@ -5,11 +5,13 @@ summary writer, src.chapter) turns its errors into that line here.
 """
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+from src import interrupts
 from src.errors import LabError, storage_error
 
 USER_ERROR_EXIT = 2
@@ -20,11 +22,14 @@ INTERRUPTED_EXIT = 130
 def one_line_errors(user_errors: tuple[type[BaseException], ...] = (LabError,),
                     describe: Callable[[BaseException], str] = str,
                     interrupted: str = "interrupted; outputs of this step were not written",
-                    disk_fix: str | None = None) -> Iterator[None]:
+                    disk_fix: str | None = None, stop_signals=(signal.SIGINT,)) -> Iterator[None]:
     """Exit with one line and a status: 2 for a user error (and, given disk_fix, a full or
-    read-only disk), 130 for Ctrl-C or SIGTERM. Anything else is a bug: its traceback stays."""
+    read-only disk), 130 for Ctrl-C (or another of stop_signals: src.train adds SIGTERM), which
+    never stops the process inside a store call (src/interrupts.py). Anything else is a bug: its
+    traceback stays."""
     try:
-        yield
+        with interrupts.handled(signals=stop_signals):
+            yield
     except user_errors as error:
         fail(describe(error))
     except OSError as error:

@@ -14,6 +14,7 @@ The file names the search's parent run: a job of another sweep in the same folde
 import json
 from pathlib import Path
 
+from src import interrupts
 from src.errors import ConfigError
 
 TRIALS_DIR = "optuna_trials"
@@ -51,7 +52,8 @@ def open_storage(url: str):
     through a SQLAlchemy 2 connection it never commits: the stamp is lost (a new study fails an
     assertion) and, in SQLite, the open write locks the database against Optuna's own next write.
     Stamped here first, in a committed transaction, Optuna finds the database initialised. SQLite
-    waits up to 60 s for a lock, as trials report from several processes.
+    waits up to 60 s for a lock, as trials report from several processes. Each storage call returns
+    before a Ctrl-C or SIGTERM stops the process, as MLflow's (src/interrupts.py).
     """
     import alembic.migration  # noqa: PLC0415 (only in searches)
     import alembic.script  # noqa: PLC0415
@@ -66,7 +68,7 @@ def open_storage(url: str):
             migrations = Path(optuna.storages.__file__).parent / "_rdb" / "alembic"
             context.stamp(alembic.script.ScriptDirectory(str(migrations)), "head")
     engine.dispose()
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return interrupts.completing(optuna.storages.RDBStorage, "StudyStorage")(url, engine_kwargs=kwargs)
 
 
 class Reporter:

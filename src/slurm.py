@@ -20,9 +20,11 @@ import logging
 import os
 import signal
 import subprocess
+from typing import NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from src import interrupts
 from src.errors import LabError
 
 log = logging.getLogger(__name__)
@@ -116,15 +118,15 @@ def job_id() -> str | None:
 
 
 def stop_on_preemption() -> None:
-    """SIGTERM and SIGUSR2 raise Preempted in training (once: the requeue signals the job again)."""
-    def preempted(signum, frame) -> None:
+    """SIGTERM and SIGUSR2 raise Preempted in training (once: the requeue signals the job again), never
+    inside a store call (src/interrupts.py)."""
+    def preempted(signum: int) -> NoReturn:
         for each in PREEMPTION_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
         raise Preempted(f"preempted by Slurm ({signal.Signals(signum).name}, job {job_id()}): the requeued job, or "
                         "the same command, resumes it from its last finished epoch")
 
-    for each in PREEMPTION_SIGNALS:
-        signal.signal(each, preempted)
+    interrupts.install(preempted, PREEMPTION_SIGNALS)
 
 
 def requeue(job: str, limit: int | None) -> None:

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from src import interrupts
 from src.errors import TrackingError, one_line
 from src.families import COMMON_CODE, FAMILIES
 from src.paths import REPO
@@ -37,6 +38,11 @@ from src.store_template import start_from_template
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = f"sqlite:///{REPO / 'mlflow.db'}"
+
+# Every client call returns before a Ctrl-C or SIGTERM stops the job: one raised inside a SQLite commit
+# left the database locked against the job's own closing writes (src/interrupts.py).
+StoreClient = interrupts.completing(MlflowClient, "StoreClient")
+
 TAG = "ch11."  # prefix of our own tags
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -57,7 +63,7 @@ def connect(tracking: dict) -> MlflowClient:
 
     try:
         with schema_lock(uri):
-            client = MlflowClient(uri)  # a SQLite store is opened (its folder made) here
+            client = StoreClient(uri)  # a SQLite store is opened (its folder made) here
             client.search_experiments(max_results=1)  # creates a fresh SQLite schema, proves the store works
     except (MlflowException, OSError, SQLAlchemyError, CommandError) as error:  # CommandError: an unknown schema
         if read_only(error):
@@ -141,11 +147,13 @@ def start_run(client: MlflowClient, experiment_id: str, resume_id: str | None, p
                 if parent_run_id is not None:  # the sweep that finishes it (an earlier one was stopped)
                     client.set_tag(resume_id, "mlflow.parentRunId", parent_run_id)
                 drop_unfinished_models(client, run)  # a kill after log_model, before FINISHED
-                return mlflow.start_run(run_id=resume_id).info.run_id
+                with interrupts.deferred():
+                    return mlflow.start_run(run_id=resume_id).info.run_id
         except MlflowException:
             pass  # deleted from the store: start afresh
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                           tags={**tags, **owner_tags()})
+    with interrupts.deferred():
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
+                               tags={**tags, **owner_tags()})
     return run.info.run_id
 
 
@@ -242,7 +250,8 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None =
     client.set_terminated(run_id, status)
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
-        mlflow.end_run(status)
+        with interrupts.deferred():
+            mlflow.end_run(status)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
@@ -343,7 +352,7 @@ def log_model(model, example) -> None:
     network = keras.models.clone_model(model)  # the same layers and weights, no optimizer state
     network.set_weights(model.get_weights())
     signature = infer_signature(example, keras.ops.convert_to_numpy(network(example, training=False)))
-    with artifact_writes(MlflowClient(), mlflow.active_run().info.run_id):
+    with artifact_writes(StoreClient(), mlflow.active_run().info.run_id), interrupts.deferred():
         mlflow.keras.log_model(network, name="model", signature=signature,
                                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
 

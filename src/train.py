@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from src import pruning, slurm
+from src import interrupts, pruning, slurm
 from src.cli import USER_ERROR_EXIT, error_line, one_line_errors
 from src.config import validate
 from src.errors import LabError
@@ -42,6 +42,8 @@ def main(cfg: DictConfig) -> dict:
 
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # a parallel launcher's worker (not cli())
+        interrupts.install(signals=(signal.SIGINT,))  # Ctrl-C reaches it too: never inside a store call
     if slurm_job := slurm.job_id():
         slurm.stop_on_preemption()
     try:
@@ -70,18 +72,13 @@ def main(cfg: DictConfig) -> dict:
 def cli() -> None:
     """main() with every user mistake, Hydra's included, as one line and exit code 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises (to the lines below) instead of its own report
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
     with one_line_errors((LabError, HydraException, OmegaConfBaseException), describe=error_line,
+                         stop_signals=interrupts.STOP_SIGNALS,  # a cluster's preemption (SIGTERM) stops it as Ctrl-C
                          interrupted="interrupted; the run is marked KILLED and the same command resumes it "
                                      "from its last finished epoch",
                          disk_fix="free space (or point state_dir and hydra.run.dir elsewhere) and run the same "
                                   "command: it resumes from its last finished epoch"):
         main()
-
-
-def stop_on_sigterm(signum, frame) -> None:
-    """A cluster's preemption (SIGTERM) stops the job like Ctrl-C: run KILLED, resume state kept."""
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

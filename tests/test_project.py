@@ -43,7 +43,7 @@ def test_ci_runs_make_test_with_the_mirror():
 
 # Modules that choose, record, print or draw, and the data stages (DVC tracks those by their own deps).
 WIRING = {"src/__init__.py", "src/train.py", "src/job.py", "src/config.py", "src/rules.py", "src/families.py",
-          "src/paths.py", "src/lr_finder.py",
+          "src/paths.py", "src/lr_finder.py", "src/interrupts.py",
           "src/tracking.py", "src/sweep.py", "src/launcher.py", "src/hpo.py", "src/pruning.py", "src/repro.py",
           "src/aggregates.py", "src/runs.py", "src/system_metrics.py", "src/slurm.py", "src/store_faults.py",
           "src/store_template.py", "src/cli.py", "src/chapter.py", "src/errors.py", "src/figures.py", "src/params.py",

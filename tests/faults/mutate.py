@@ -33,7 +33,10 @@ MUTATIONS = [  # protection, its test, and the edits that remove it: (file, text
        "            return self.progress()\n        model.optimizer.build")]),
     ("SIGTERM stops the job like Ctrl-C (run KILLED, state kept)",
      KILL + "test_sigterm_saves_the_state_marks_the_run_killed_and_the_next_start_resumes_it",
-     [("src/train.py", "    signal.signal(signal.SIGTERM, stop_on_sigterm)\n", "")]),
+     [("src/train.py", "                         stop_signals=interrupts.STOP_SIGNALS,", "")]),
+    ("a Ctrl-C or SIGTERM waits for the store call it interrupts",
+     KILL + "test_a_stop_signalled_inside_a_store_write_stops_once_the_write_is_complete",
+     [("src/interrupts.py", "        if _depth and _noted is None:", "        if False:")]),
     ("runs of killed processes are closed by the next start",
      "tests/faults/test_dvc_kill.py::"
      "test_dvc_repro_killed_mid_stage_then_rerun_completes_with_nothing_stale_lost_or_doubled",

@@ -2,7 +2,8 @@
 
 The job: 4 epochs of an MLP with dropout, Batch Normalization and Nesterov momentum on
 real Fashion-MNIST images in deterministic mode, so the dropout seeds, the moving
-statistics and the optimizer slots must all come back for a resumed run to match.
+statistics and the optimizer slots must all come back for a resumed run to match. And the
+stop's timing: a Ctrl-C or SIGTERM never lands inside a store call (src/interrupts.py).
 """
 
 import random
@@ -11,7 +12,9 @@ import subprocess
 import time
 
 import pytest
+import sqlalchemy
 from conftest import cli, history, parent_and_children, runs, shrunk
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from faults.jobs import start, start_past_epoch_1, wait_for
@@ -156,3 +159,40 @@ def test_sigterm_stops_a_sweep_and_the_same_sweep_command_finishes_it(fashion_np
     assert {run.data.params["optimizer.name"] for run in children} == {"sgd", "adam"}
     for child in children:
         assert [step for step, _ in history(MlflowClient(store), child.info.run_id, "loss")] == [1, 2, 3]
+
+
+def stop_inside_the_next_commit(signals: int, reached: list) -> None:
+    """Signal this process `signals` times from inside SQLAlchemy's next commit (Python runs the handler
+    there, before the database commits), then note that the commit went on."""
+    def signal_mid_commit(connection) -> None:
+        for _ in range(signals):
+            signal.raise_signal(signal.SIGUSR1)
+        reached.append("the commit")
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", signal_mid_commit, once=True)
+
+
+def test_a_stop_signalled_inside_a_store_write_stops_once_the_write_is_complete(tmp_path):
+    """Raised inside SQLAlchemy's commit, the KeyboardInterrupt of a SIGTERM or Ctrl-C left SQLite locked
+    against the job's own closing write (run marked KILLED): "database is locked", the run RUNNING. Now
+    the stop waits for the store call: the metric is written, then the stop comes, and the same client
+    closes the run. A second signal while the first waits stops at once (a hung store traps nobody)."""
+    from src import interrupts
+    from src.tracking import StoreClient
+
+    client = StoreClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("test")).info.run_id
+    reached = []
+    with interrupts.handled(signals=(signal.SIGUSR1,)):  # SIGUSR1 for SIGTERM: the test process keeps its own
+        stop_inside_the_next_commit(1, reached)
+        with pytest.raises(KeyboardInterrupt):
+            client.log_batch(run_id, metrics=[Metric("loss", 0.5, 0, 1)])
+        assert reached == ["the commit"]
+        assert history(client, run_id, "loss") == [(1, 0.5)]
+        client.set_terminated(run_id, "KILLED")
+        assert client.get_run(run_id).info.status == "KILLED"
+
+        reached.clear()
+        stop_inside_the_next_commit(2, reached)
+        with pytest.raises(KeyboardInterrupt):
+            client.set_tag(run_id, "after", "the second stop")
+        assert reached == []  # stopped inside the call
